@@ -1,0 +1,27 @@
+//! Core of the alignment workspace: the traits every plugin implements, the
+//! plugin registry, the manifest, and the shared tensor kernels (sequence
+//! log-probs, sampling). Plugin crates depend on this crate only.
+
+pub mod estimator;
+pub mod evaluator;
+pub mod io;
+pub mod logprob;
+pub mod manifest;
+pub mod metrics;
+pub mod policy;
+pub mod registry;
+pub mod reward;
+pub mod sampling;
+pub mod task;
+
+pub use estimator::{Estimator, GroupInputs};
+pub use evaluator::{EvalContext, Evaluator};
+pub use metrics::Metrics;
+pub use policy::{ModelContext, ModelSpec, Policy};
+pub use registry::{Kind, Plugin, PluginError};
+pub use reward::{GoodnessModel, RewardModel, RewardSpec};
+pub use sampling::{SampleBatch, SamplingConfig};
+pub use task::{Task, TaskSpec};
+
+// Re-exported so plugin crates submit registrations without naming inventory.
+pub use inventory;

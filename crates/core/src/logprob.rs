@@ -1,0 +1,68 @@
+//! The one sequence log-prob kernel. Every estimator input (policy, prior,
+//! proposal rescoring) and every evaluator goes through here.
+
+use tch::{Kind, Tensor};
+
+use crate::{Policy, SampleBatch};
+
+/// Per-token log-probs of `input_ids` under `logits`, shifted by one.
+/// `logits` `[B, T, V]` (position t predicts token t+1), `input_ids` `[B, T]`
+/// → `[B, T-1]` in f32 (f64 if the logits are f64), entry t is log p(token t+1).
+pub fn token_logprobs(logits: &Tensor, input_ids: &Tensor) -> Tensor {
+    let t = input_ids.size()[1];
+    let kind = if logits.kind() == Kind::Double {
+        Kind::Double
+    } else {
+        Kind::Float
+    };
+    let logits = logits.narrow(1, 0, t - 1).to_kind(kind); // [B, T-1, V]
+    let targets = input_ids.narrow(1, 1, t - 1); // [B, T-1]
+    let picked = logits
+        .gather(2, &targets.unsqueeze(-1), false)
+        .squeeze_dim(-1); // [B, T-1]
+    let normaliser = logits.logsumexp([-1].as_slice(), false); // [B, T-1]
+    picked - normaliser
+}
+
+/// Sum of completion-token log-probs: `completion_mask` `[B, T]` marks the
+/// completion tokens (1) among prompt and padding (0) → `[B]`.
+pub fn sequence_logprobs(logits: &Tensor, input_ids: &Tensor, completion_mask: &Tensor) -> Tensor {
+    let tok = token_logprobs(logits, input_ids); // [B, T-1]
+    let t = input_ids.size()[1];
+    let mask = completion_mask.narrow(1, 1, t - 1).to_kind(tok.kind()); // [B, T-1]
+    (tok * mask).sum_dim_intlist([-1].as_slice(), false, None)
+}
+
+/// Number of completion tokens per row `[B]` (for length normalisation).
+pub fn completion_lengths(completion_mask: &Tensor) -> Tensor {
+    completion_mask
+        .to_kind(Kind::Float)
+        .sum_dim_intlist([-1].as_slice(), false, None)
+}
+
+/// `log π(y|x)` of every sample in `batch` under `policy` → `[B]`.
+/// Runs with gradient if the policy's parameters require it.
+pub fn policy_logprobs(policy: &dyn Policy, batch: &SampleBatch) -> Tensor {
+    let logits = policy.forward(&batch.input_ids, &batch.attention_mask); // [B, T, V]
+    sequence_logprobs(&logits, &batch.input_ids, &batch.completion_mask)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_prompt_and_padding_and_shifts_by_one() {
+        // Two rows, T = 4, V = 3. Row 0: prompt [0], completion [1, 2], pad.
+        let logits = Tensor::randn([2, 4, 3], (Kind::Double, tch::Device::Cpu));
+        let ids = Tensor::from_slice(&[0i64, 1, 2, 0, 2, 2, 1, 0]).view([2, 4]);
+        let cmask = Tensor::from_slice(&[0i64, 1, 1, 0, 0, 0, 1, 1]).view([2, 4]);
+        let got = sequence_logprobs(&logits, &ids, &cmask);
+        let lsm = logits.log_softmax(-1, Kind::Double);
+        let lp = |b: i64, t: i64, v: i64| lsm.double_value(&[b, t, v]);
+        let want0 = lp(0, 0, 1) + lp(0, 1, 2);
+        let want1 = lp(1, 1, 1) + lp(1, 2, 0);
+        assert!((got.double_value(&[0]) - want0).abs() < 1e-12);
+        assert!((got.double_value(&[1]) - want1).abs() < 1e-12);
+    }
+}

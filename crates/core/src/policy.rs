@@ -1,0 +1,50 @@
+//! Autoregressive policies (priors, proposals and the model being trained).
+
+use tch::{nn, Device, Tensor};
+
+/// An autoregressive model over token ids.
+pub trait Policy: Send {
+    /// Next-token logits at every position: position `t` predicts token `t + 1`.
+    /// `input_ids` `[B, T]` i64, `attention_mask` `[B, T]` (1 = real token; padding
+    /// may be on either side) → `[B, T, V]`.
+    fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Tensor;
+
+    fn vocab_size(&self) -> i64;
+
+    fn var_store(&self) -> &nn::VarStore;
+
+    fn var_store_mut(&mut self) -> &mut nn::VarStore;
+
+    fn device(&self) -> Device {
+        self.var_store().device()
+    }
+}
+
+/// What a model constructor may need from the rest of the manifest.
+#[derive(Debug, Clone)]
+pub struct ModelContext {
+    pub device: Device,
+    /// Vocabulary size the task works in, when the task defines one.
+    pub vocab_size: Option<i64>,
+    /// Longest sequence (prompt + completion) the task produces.
+    pub max_len: Option<i64>,
+    pub seed: u64,
+}
+
+/// A validated model configuration that can build fresh instances.
+pub trait ModelSpec: Send + Sync {
+    fn build(&self, ctx: &ModelContext) -> anyhow::Result<Box<dyn Policy>>;
+}
+
+/// A frozen copy of `source` with the same architecture (used for the prior
+/// and for proposal refreshes).
+pub fn frozen_copy(
+    spec: &dyn ModelSpec,
+    ctx: &ModelContext,
+    source: &dyn Policy,
+) -> anyhow::Result<Box<dyn Policy>> {
+    let mut copy = spec.build(ctx)?;
+    copy.var_store_mut().copy(source.var_store())?;
+    copy.var_store_mut().freeze();
+    Ok(copy)
+}

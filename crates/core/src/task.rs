@@ -1,0 +1,41 @@
+//! Tasks: where prompts come from, and (for toy tasks) the whole output space.
+
+use tch::{Device, Tensor};
+
+/// A prompt as token ids (and text, for tasks that have it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prompt {
+    pub ids: Vec<i64>,
+    pub text: Option<String>,
+}
+
+pub trait Task: Send + Sync {
+    /// Vocabulary size the task's token ids live in, if the task fixes one.
+    fn vocab_size(&self) -> Option<i64> {
+        None
+    }
+
+    /// Prompts to train on.
+    fn train_prompts(&self) -> &[Prompt];
+
+    /// Held-out prompts to evaluate on.
+    fn eval_prompts(&self) -> &[Prompt];
+
+    /// Completion length cap for sampling.
+    fn max_new_tokens(&self) -> i64;
+
+    /// End-of-sequence token, if completions may stop early.
+    fn eos_token(&self) -> Option<i64> {
+        None
+    }
+
+    /// Every possible completion `[M, L]`, for tasks whose output space is small
+    /// enough to enumerate (exact evaluators need this).
+    fn completion_space(&self, _device: Device) -> Option<Tensor> {
+        None
+    }
+}
+
+pub trait TaskSpec: Send + Sync {
+    fn build(&self, seed: u64) -> anyhow::Result<Box<dyn Task>>;
+}

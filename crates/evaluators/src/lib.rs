@@ -1,0 +1,6 @@
+//! Evaluators, each registered as an `evaluator` plugin.
+
+pub mod exact_kl;
+
+/// Referenced by the runner so the linker keeps this crate's registrations.
+pub fn link() {}

@@ -1,0 +1,78 @@
+//! `runner MANIFEST.toml [--set key.path=value …] [--out DIR]` runs an
+//! experiment; `runner list` prints every registered plugin.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use align_core::manifest::Manifest;
+use align_core::registry::Registry;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "runner",
+    version,
+    about = "Align language models from reward feedback: BRAIn, DPO and friends"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Experiment manifest (TOML).
+    manifest: Option<PathBuf>,
+    /// Override a manifest value, e.g. `--set train.steps=50` or `--set runs.0.lr=0.01`.
+    #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+    overrides: Vec<String>,
+    /// Output directory (default: results/<experiment name>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Hide progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List every registered plugin by kind.
+    List,
+}
+
+fn main() -> ExitCode {
+    runner::link_plugins();
+    let cli = Cli::parse();
+    if let Some(Command::List) = cli.command {
+        print!("{}", Registry::global().listing());
+        return ExitCode::SUCCESS;
+    }
+    let Some(path) = cli.manifest else {
+        eprintln!("error: give a manifest, e.g. `runner experiments/exact.toml`, or `runner list`");
+        return ExitCode::from(2);
+    };
+    let manifest = match Manifest::load(&path, &cli.overrides) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let out = cli
+        .out
+        .unwrap_or_else(|| PathBuf::from("results").join(&manifest.name));
+    eprintln!(
+        "running {} ({} runs) → {}",
+        path.display(),
+        manifest.runs.len(),
+        out.display()
+    );
+    match runner::run(&manifest, &out, !cli.quiet) {
+        Ok(outcome) => {
+            print!("{}", runner::report::markdown(&outcome.rows));
+            eprintln!("wrote {}", outcome.out_dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

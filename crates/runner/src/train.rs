@@ -1,0 +1,141 @@
+//! The one flat training loop every estimator goes through: sample from the
+//! proposal, score, compute log-probs, take a step on the estimator's loss.
+
+use align_core::logprob::policy_logprobs;
+use align_core::manifest::{Manifest, Optimizer, Run};
+use align_core::policy::frozen_copy;
+use align_core::sampling::sample;
+use align_core::task::Prompt;
+use align_core::{GroupInputs, Metrics, ModelContext, Policy, RewardModel, Task};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tch::nn::OptimizerConfig;
+use tch::{nn, Kind};
+
+pub struct Setup<'a> {
+    pub manifest: &'a Manifest,
+    pub run: &'a Run,
+    pub task: &'a dyn Task,
+    pub model_ctx: &'a ModelContext,
+    pub prior: &'a dyn Policy,
+    pub reward: &'a dyn RewardModel,
+}
+
+/// Per-step metrics: `(step, metrics)`; evaluation metrics appear on eval steps.
+pub type StepLog = Vec<(usize, Metrics)>;
+
+/// A seed for `(manifest seed, run, step)`, independent of the order runs execute in.
+pub fn step_seed(seed: u64, run: &str, step: usize) -> u64 {
+    let h = run.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    });
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ h ^ (step as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93)
+}
+
+pub fn train(
+    s: &Setup,
+    policy: &mut dyn Policy,
+    evaluate: &dyn Fn(&dyn Policy) -> anyhow::Result<Metrics>,
+    progress: bool,
+) -> anyhow::Result<StepLog> {
+    let estimator = s.run.estimator.value.as_ref();
+    let goodness = s.manifest.goodness.value.as_ref();
+    let n = estimator.samples_per_prompt();
+    let train = &s.manifest.train;
+    let mut opt = match train.optimizer {
+        Optimizer::Adam => nn::Adam::default().build(policy.var_store(), s.run.lr)?,
+        Optimizer::Sgd => nn::Sgd::default().build(policy.var_store(), s.run.lr)?,
+    };
+    let prompts = s.task.train_prompts();
+    let per_step = train
+        .prompts_per_step
+        .unwrap_or(prompts.len())
+        .min(prompts.len());
+    let mut order: Vec<usize> = (0..prompts.len()).collect();
+    let mut cursor = prompts.len(); // forces a shuffle on the first step
+    let mut shuffle_rng =
+        ChaCha8Rng::seed_from_u64(step_seed(s.manifest.seed, &s.run.name, usize::MAX));
+    let mut proposal: Option<Box<dyn Policy>> = None; // None: sample from the prior
+    let bar = progress_bar(progress, s.run.steps as u64, &s.run.name);
+    let mut log = StepLog::new();
+
+    for step in 0..s.run.steps {
+        if let Some(k) = estimator.proposal_refresh_every() {
+            if step > 0 && step % k == 0 {
+                proposal = Some(frozen_copy(
+                    s.manifest.model.value.as_ref(),
+                    s.model_ctx,
+                    policy,
+                )?);
+            }
+        }
+        let q: &dyn Policy = proposal.as_deref().unwrap_or(s.prior);
+
+        // Next prompts, reshuffled each epoch.
+        let mut batch_prompts: Vec<Prompt> = Vec::with_capacity(per_step);
+        while batch_prompts.len() < per_step {
+            if cursor == order.len() {
+                order.shuffle(&mut shuffle_rng);
+                cursor = 0;
+            }
+            batch_prompts.push(prompts[order[cursor]].clone());
+            cursor += 1;
+        }
+        let p = batch_prompts.len() as i64;
+
+        let seed = step_seed(s.manifest.seed, &s.run.name, step);
+        let batch = sample(
+            q,
+            &batch_prompts,
+            n,
+            s.task.max_new_tokens(),
+            s.task.eos_token(),
+            &s.manifest.sampling,
+            seed,
+        );
+        let (prior_logp, reward, log_goodness) = {
+            let _guard = tch::no_grad_guard();
+            let reward = s.reward.score(&batch)?;
+            let log_goodness = goodness.log_goodness(&reward, None)?;
+            (policy_logprobs(s.prior, &batch), reward, log_goodness)
+        };
+        let policy_logp = policy_logprobs(policy, &batch); // [P·n], with gradient
+        let inputs = GroupInputs {
+            policy_logp: policy_logp.view([p, n]),
+            proposal_logp: batch.proposal_logp.view([p, n]),
+            prior_logp: prior_logp.view([p, n]),
+            log_goodness: log_goodness.view([p, n]),
+            reward: reward.view([p, n]),
+        };
+        let (loss, mut metrics) = estimator.loss(&inputs);
+        opt.backward_step(&loss);
+
+        metrics.set("reward_mean", reward.mean(Kind::Double).double_value(&[]));
+        let evaluate_now = train.eval_every > 0 && (step + 1) % train.eval_every == 0;
+        if evaluate_now {
+            metrics.extend(&evaluate(policy)?);
+        }
+        log.push((step + 1, metrics));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(log)
+}
+
+fn progress_bar(show: bool, len: u64, name: &str) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix:>20} [{bar:30}] {pos}/{len} steps {elapsed_precise} eta {eta}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(name.to_string());
+    bar
+}
