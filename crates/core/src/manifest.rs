@@ -464,6 +464,7 @@ fn fix_for(message: &str) -> String {
         let (field, expected) = rest
             .split_once(", expected ")
             .unwrap_or((rest, "no other keys"));
+        let expected = expected.strip_prefix("one of ").unwrap_or(expected);
         return format!("remove {field} or use one of the expected keys: {expected}");
     }
     if let Some(rest) = message.strip_prefix("missing field ") {
@@ -481,6 +482,12 @@ fn fix_for(message: &str) -> String {
             .split_once(", expected ")
             .map(|(_, e)| e)
             .unwrap_or("the documented type");
+        let expected = match expected {
+            "i64" | "i32" | "u64" | "u32" | "usize" => "an integer",
+            "f64" | "f32" => "a number",
+            "bool" => "true or false",
+            other => other,
+        };
         return format!("write {expected} here");
     }
     if message.starts_with("file not found") {
@@ -602,7 +609,7 @@ impl Manifest {
         }
         for (k, bad) in [
             ("steps", shape.train.steps == 0),
-            ("lr", !(shape.train.lr > 0.0)),
+            ("lr", shape.train.lr.is_nan() || shape.train.lr <= 0.0),
         ] {
             if bad {
                 let p = [key("train"), key(k)];

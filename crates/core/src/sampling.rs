@@ -66,7 +66,7 @@ impl SamplingConfig {
     pub fn sampling_logprobs(&self, logits: &Tensor) -> Tensor {
         let mut logits = logits.to_kind(Kind::Float);
         if self.temperature > 0.0 {
-            logits = logits / self.temperature;
+            logits /= self.temperature;
         }
         let v = logits.size()[1];
         if let Some(k) = self.top_k.filter(|&k| k < v) {

@@ -2,6 +2,7 @@
 //! represent any distribution over a small enumerable output space exactly.
 //! The exact-posterior experiment uses it as prior, proposal and policy.
 
+use align_core::manifest::InputPath;
 use align_core::registry::{build_from_config, Built, ConfigDeserializer, Constructor};
 use align_core::{ModelContext, ModelSpec, Plugin, PluginError, Policy};
 use serde::{Deserialize, Serialize};
@@ -13,6 +14,10 @@ pub struct TabularConfig {
     /// Standard deviation of the initial logits (how peaked the prior is).
     #[serde(default = "default_init_std")]
     pub init_std: f64,
+    /// Start from saved weights (a safetensors file with a `table` tensor)
+    /// instead of a random table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<InputPath>,
 }
 
 fn default_init_std() -> f64 {
@@ -124,7 +129,7 @@ impl Policy for Tabular {
 
 fn construct(de: ConfigDeserializer) -> Result<Built<dyn ModelSpec>, PluginError> {
     build_from_config(de, |c: &TabularConfig| {
-        if !(c.init_std >= 0.0) {
+        if c.init_std.is_nan() || c.init_std < 0.0 {
             return Err(PluginError::invalid("init_std", "must be ≥ 0"));
         }
         Ok(Box::new(TabularSpec(c.clone())) as Box<dyn ModelSpec>)

@@ -1,1 +1,143 @@
-fn main() {}
+//! Project entry points that also do the set-up, once and idempotently:
+//!
+//! - `cargo xtask quickstart`: set up, then run the quickstart experiment.
+//! - `cargo xtask test`: set up, then fmt check, clippy and the whole test suite.
+//! - `cargo xtask setup`: only the set-up.
+//!
+//! Set-up = PyPI's torch==2.11.0 (the LibTorch that tch 0.24.0 is built for) in a
+//! virtual environment under the user's cache directory, shared by every clone,
+//! linked into the repository as `.libtorch` (which `.cargo/config.toml` points
+//! tch at; the crates' build scripts embed its `lib/` as an rpath).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+const TORCH_VERSION: &str = "2.11.0";
+const QUICKSTART: &str = "experiments/exact.toml";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = repo_root()?;
+    match args.first().map(String::as_str) {
+        Some("setup") => setup(&root),
+        Some("quickstart") => {
+            setup(&root)?;
+            step(&format!("running the quickstart experiment ({QUICKSTART})"));
+            let mut cmd = cargo(&["run", "--package", "runner", "--", QUICKSTART]);
+            cmd.args(&args[1..]);
+            run(cmd.current_dir(&root))
+        }
+        Some("test") => {
+            setup(&root)?;
+            step("checking formatting (cargo fmt --check)");
+            run(cargo(&["fmt", "--all", "--", "--check"]).current_dir(&root))?;
+            step("linting (cargo clippy -D warnings)");
+            run(cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]).current_dir(&root))?;
+            step("running the test suite (cargo test --workspace)");
+            let mut cmd = cargo(&["test", "--workspace"]);
+            cmd.args(&args[1..]);
+            run(cmd.current_dir(&root))
+        }
+        _ => {
+            eprintln!("usage: cargo xtask <quickstart | test | setup>");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn step(msg: &str) {
+    eprintln!("\n==> {msg}");
+}
+
+fn repo_root() -> Result<PathBuf> {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    Ok(here.join("../..").canonicalize()?)
+}
+
+fn cargo(args: &[&str]) -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(args);
+    cmd
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// `$BRAIN_RS_TORCH_VENV`, else `$XDG_CACHE_HOME/brain-rs/torch-<version>`,
+/// else `~/.cache/brain-rs/torch-<version>`.
+fn venv_dir() -> Result<PathBuf> {
+    if let Ok(dir) = std::env::var("BRAIN_RS_TORCH_VENV") {
+        return Ok(PathBuf::from(dir));
+    }
+    let cache = match std::env::var("XDG_CACHE_HOME") {
+        Ok(d) if !d.is_empty() => PathBuf::from(d),
+        _ => PathBuf::from(std::env::var("HOME").context("HOME is not set")?).join(".cache"),
+    };
+    Ok(cache.join("brain-rs").join(format!("torch-{TORCH_VERSION}")))
+}
+
+fn setup(root: &Path) -> Result<()> {
+    let venv = venv_dir()?;
+    let python = venv.join("bin/python");
+    let torch_dir = |python: &Path| {
+        output(Command::new(python).args([
+            "-c",
+            "import os, torch; print(torch.__version__.split('+')[0]); print(os.path.dirname(torch.__file__))",
+        ]))
+    };
+    let found = python.exists().then(|| torch_dir(&python)).flatten();
+    let torch = match found {
+        Some(out) if out.lines().next() == Some(TORCH_VERSION) => {
+            eprintln!("==> LibTorch {TORCH_VERSION}: already installed in {}", venv.display());
+            out.lines().nth(1).unwrap_or_default().to_string()
+        }
+        _ => {
+            step(&format!(
+                "installing LibTorch {TORCH_VERSION} (PyPI torch=={TORCH_VERSION}, about 4.6 GB, once per user) into {}",
+                venv.display()
+            ));
+            if !python.exists() {
+                let host = ["python3", "python"]
+                    .into_iter()
+                    .find(|p| output(Command::new(p).arg("--version")).is_some())
+                    .context("no python3 found: install Python 3.10+ (with venv) and retry")?;
+                run(Command::new(host).args(["-m", "venv"]).arg(&venv))
+                    .context("creating the Python virtual environment (on Debian/Ubuntu: apt-get install python3-venv)")?;
+            }
+            run(Command::new(&python).args([
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "--progress-bar",
+                "off",
+                &format!("torch=={TORCH_VERSION}"),
+            ]))
+            .context("installing torch from PyPI")?;
+            let out = torch_dir(&python).context("torch was installed but does not import")?;
+            out.lines().nth(1).unwrap_or_default().to_string()
+        }
+    };
+    let link = root.join(".libtorch");
+    let current = std::fs::read_link(&link).ok();
+    if current.as_deref() != Some(Path::new(&torch)) {
+        if link.symlink_metadata().is_ok() {
+            std::fs::remove_file(&link).with_context(|| format!("replacing {}", link.display()))?;
+        }
+        std::os::unix::fs::symlink(&torch, &link).with_context(|| format!("linking {}", link.display()))?;
+        eprintln!("==> linked .libtorch -> {torch}");
+    }
+    Ok(())
+}

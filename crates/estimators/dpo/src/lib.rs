@@ -116,7 +116,7 @@ impl Estimator for Dpo {
 
 fn construct(de: ConfigDeserializer) -> Result<Built<dyn Estimator>, PluginError> {
     build_from_config(de, |c: &DpoConfig| {
-        if !(c.beta > 0.0 && c.beta.is_finite()) {
+        if !c.beta.is_finite() || c.beta <= 0.0 {
             return Err(PluginError::invalid(
                 "beta",
                 format!("must be > 0, got {}", c.beta),

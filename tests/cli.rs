@@ -1,0 +1,141 @@
+//! The `runner` binary: plugin listing and manifest errors (location, fix,
+//! exit code).
+
+use std::path::Path;
+use std::process::Command;
+
+fn runner(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("runner starts");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn list_shows_every_plugin_by_kind() {
+    let (code, stdout, _) = runner(Path::new("."), &["list"]);
+    assert_eq!(code, 0);
+    insta::assert_snapshot!(stdout);
+}
+
+const GOOD: &str = r#"name = "t"
+seed = 1
+device = "cpu"
+
+[task.enumerable]
+prompts = 2
+vocab = 3
+length = 2
+
+[model.tabular]
+
+[reward.random-table]
+
+[goodness.bt-exp]
+tau = 1.0
+
+[evaluators.exact-kl]
+
+[train]
+steps = 3
+lr = 0.1
+
+[[runs]]
+name = "brain"
+[runs.estimator.brain]
+n = 4
+"#;
+
+/// Writes `manifest` into a fresh directory, runs it there and returns the
+/// exit code and stderr.
+fn run_manifest(manifest: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.toml"), manifest).unwrap();
+    let (code, _, stderr) = runner(dir.path(), &["--quiet", "bad.toml"]);
+    (code, stderr)
+}
+
+#[test]
+fn the_good_manifest_runs() {
+    let (code, stderr) = run_manifest(GOOD);
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
+fn unknown_key() {
+    let (code, stderr) = run_manifest(&GOOD.replace("n = 4", "n = 4\nsamples = 3"));
+    assert_eq!(code, 2);
+    insta::assert_snapshot!(stderr);
+}
+
+#[test]
+fn unknown_top_level_key() {
+    let (code, stderr) = run_manifest(&GOOD.replace("seed = 1", "sed = 1"));
+    assert_eq!(code, 2);
+    insta::assert_snapshot!(stderr);
+}
+
+#[test]
+fn unknown_plugin() {
+    let (code, stderr) = run_manifest(&GOOD.replace("[goodness.bt-exp]", "[goodness.bt-exponential]"));
+    assert_eq!(code, 2);
+    insta::assert_snapshot!(stderr);
+}
+
+#[test]
+fn wrong_type() {
+    let (code, stderr) = run_manifest(&GOOD.replace("n = 4", "n = \"four\""));
+    assert_eq!(code, 2);
+    insta::assert_snapshot!(stderr);
+}
+
+#[test]
+fn missing_file_named_in_the_manifest() {
+    let (code, stderr) = run_manifest(&GOOD.replace("[model.tabular]", "[model.tabular]\ninit = \"prior.safetensors\""));
+    assert_eq!(code, 2);
+    insta::assert_snapshot!(stderr);
+}
+
+#[test]
+fn missing_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = runner(dir.path(), &["nope.toml"]);
+    assert_eq!(code, 2);
+    insta::assert_snapshot!(stderr);
+}
+
+#[test]
+fn invalid_estimator_setting_names_the_key() {
+    let (code, stderr) = run_manifest(&GOOD.replace("n = 4", "n = 1"));
+    assert_eq!(code, 2);
+    insta::assert_snapshot!(stderr);
+}
+
+#[test]
+fn toml_syntax_error() {
+    let (code, stderr) = run_manifest(&GOOD.replace("lr = 0.1", "lr = 0.1.2"));
+    assert_eq!(code, 2);
+    insta::assert_snapshot!(stderr);
+}
+
+#[test]
+fn set_overrides_values_and_reports_bad_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("m.toml"), GOOD).unwrap();
+    let (code, _, stderr) = runner(dir.path(), &["--quiet", "m.toml", "--set", "runs.0.estimator.brain.n=1"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("invalid `n` for estimator `brain`"), "{stderr}");
+    let (code, _, stderr) = runner(dir.path(), &["--quiet", "m.toml", "--set", "runs.3.lr=0.1"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("`runs` has 1 entries, so there is no entry 3"), "{stderr}");
+    let (code, _, stderr) = runner(dir.path(), &["--quiet", "m.toml", "--set", "train.steps=2", "--out", "o"]);
+    assert_eq!(code, 0, "{stderr}");
+    let resolved = std::fs::read_to_string(dir.path().join("o/manifest.resolved.toml")).unwrap();
+    assert!(resolved.contains("steps = 2"), "{resolved}");
+}

@@ -1,0 +1,42 @@
+//! End to end on the shipped exact-posterior manifest: BRAIn gets close to the
+//! exact posterior, results are written, and CPU runs are reproducible.
+
+use std::path::{Path, PathBuf};
+
+use align_core::manifest::Manifest;
+
+fn manifest_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments/exact.toml")
+}
+
+fn metric(rows: &[runner::Row], run: &str, name: &str) -> f64 {
+    rows.iter()
+        .find(|r| r.name == run)
+        .and_then(|r| r.metrics.get(name))
+        .unwrap_or_else(|| panic!("no {name} for {run}"))
+}
+
+#[test]
+fn brain_approaches_the_exact_posterior_and_runs_reproduce() {
+    runner::link_plugins();
+    let manifest = Manifest::load(&manifest_path(), &[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let first = runner::run(&manifest, &dir.path().join("a"), false).unwrap();
+    let prior = metric(&first.rows, "prior", "kl_post_policy");
+    let brain = metric(&first.rows, "BRAIn", "kl_post_policy");
+    assert!(prior > 0.1, "the prior should be far from the posterior, KL = {prior}");
+    assert!(brain < 0.1 * prior, "BRAIn KL(post‖policy) = {brain}, prior's = {prior}");
+    for f in ["summary.csv", "summary.md", "manifest.resolved.toml", "steps/brain.csv", "steps/dpo-sft.csv"] {
+        assert!(dir.path().join("a").join(f).is_file(), "{f} missing");
+    }
+    // The resolved manifest loads again and runs the same experiment.
+    let resolved = Manifest::load(&dir.path().join("a/manifest.resolved.toml"), &[]).unwrap();
+    let second = runner::run(&resolved, &dir.path().join("b"), false).unwrap();
+    for (a, b) in first.rows.iter().zip(&second.rows) {
+        assert_eq!(a.name, b.name);
+        assert_eq!(a.metrics, b.metrics, "run {} differs between identical runs", a.name);
+    }
+    let steps_a = std::fs::read_to_string(dir.path().join("a/steps/brain.csv")).unwrap();
+    let steps_b = std::fs::read_to_string(dir.path().join("b/steps/brain.csv")).unwrap();
+    assert_eq!(steps_a, steps_b);
+}
