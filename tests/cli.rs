@@ -83,7 +83,8 @@ fn unknown_top_level_key() {
 
 #[test]
 fn unknown_plugin() {
-    let (code, stderr) = run_manifest(&GOOD.replace("[goodness.bt-exp]", "[goodness.bt-exponential]"));
+    let (code, stderr) =
+        run_manifest(&GOOD.replace("[goodness.bt-exp]", "[goodness.bt-exponential]"));
     assert_eq!(code, 2);
     insta::assert_snapshot!(stderr);
 }
@@ -97,7 +98,10 @@ fn wrong_type() {
 
 #[test]
 fn missing_file_named_in_the_manifest() {
-    let (code, stderr) = run_manifest(&GOOD.replace("[model.tabular]", "[model.tabular]\ninit = \"prior.safetensors\""));
+    let (code, stderr) = run_manifest(&GOOD.replace(
+        "[model.tabular]",
+        "[model.tabular]\ninit = \"prior.safetensors\"",
+    ));
     assert_eq!(code, 2);
     insta::assert_snapshot!(stderr);
 }
@@ -128,13 +132,25 @@ fn toml_syntax_error() {
 fn set_overrides_values_and_reports_bad_paths() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("m.toml"), GOOD).unwrap();
-    let (code, _, stderr) = runner(dir.path(), &["--quiet", "m.toml", "--set", "runs.0.estimator.brain.n=1"]);
+    let (code, _, stderr) = runner(
+        dir.path(),
+        &["--quiet", "m.toml", "--set", "runs.0.estimator.brain.n=1"],
+    );
     assert_eq!(code, 2);
-    assert!(stderr.contains("invalid `n` for estimator `brain`"), "{stderr}");
+    assert!(
+        stderr.contains("invalid `n` for estimator `brain`"),
+        "{stderr}"
+    );
     let (code, _, stderr) = runner(dir.path(), &["--quiet", "m.toml", "--set", "runs.3.lr=0.1"]);
     assert_eq!(code, 2);
-    assert!(stderr.contains("`runs` has 1 entries, so there is no entry 3"), "{stderr}");
-    let (code, _, stderr) = runner(dir.path(), &["--quiet", "m.toml", "--set", "train.steps=2", "--out", "o"]);
+    assert!(
+        stderr.contains("`runs` has 1 entries, so there is no entry 3"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = runner(
+        dir.path(),
+        &["--quiet", "m.toml", "--set", "train.steps=2", "--out", "o"],
+    );
     assert_eq!(code, 0, "{stderr}");
     let resolved = std::fs::read_to_string(dir.path().join("o/manifest.resolved.toml")).unwrap();
     assert!(resolved.contains("steps = 2"), "{resolved}");

@@ -24,9 +24,21 @@ fn brain_approaches_the_exact_posterior_and_runs_reproduce() {
     let first = runner::run(&manifest, &dir.path().join("a"), false).unwrap();
     let prior = metric(&first.rows, "prior", "kl_post_policy");
     let brain = metric(&first.rows, "BRAIn", "kl_post_policy");
-    assert!(prior > 0.1, "the prior should be far from the posterior, KL = {prior}");
-    assert!(brain < 0.1 * prior, "BRAIn KL(post‖policy) = {brain}, prior's = {prior}");
-    for f in ["summary.csv", "summary.md", "manifest.resolved.toml", "steps/brain.csv", "steps/dpo-sft.csv"] {
+    assert!(
+        prior > 0.1,
+        "the prior should be far from the posterior, KL = {prior}"
+    );
+    assert!(
+        brain < 0.1 * prior,
+        "BRAIn KL(post‖policy) = {brain}, prior's = {prior}"
+    );
+    for f in [
+        "summary.csv",
+        "summary.md",
+        "manifest.resolved.toml",
+        "steps/brain.csv",
+        "steps/dpo-sft.csv",
+    ] {
         assert!(dir.path().join("a").join(f).is_file(), "{f} missing");
     }
     // The resolved manifest loads again and runs the same experiment.
@@ -34,7 +46,11 @@ fn brain_approaches_the_exact_posterior_and_runs_reproduce() {
     let second = runner::run(&resolved, &dir.path().join("b"), false).unwrap();
     for (a, b) in first.rows.iter().zip(&second.rows) {
         assert_eq!(a.name, b.name);
-        assert_eq!(a.metrics, b.metrics, "run {} differs between identical runs", a.name);
+        assert_eq!(
+            a.metrics, b.metrics,
+            "run {} differs between identical runs",
+            a.name
+        );
     }
     let steps_a = std::fs::read_to_string(dir.path().join("a/steps/brain.csv")).unwrap();
     let steps_b = std::fs::read_to_string(dir.path().join("b/steps/brain.csv")).unwrap();

@@ -65,16 +65,12 @@ impl Tabular {
                 .filter(|&t| t <= 50_000_000)
                 .ok_or_else(|| anyhow::anyhow!("tabular model: {vocab}^{k} prefixes is too many; use a smaller vocabulary or length"))?;
         }
-        tch::manual_seed(ctx.seed as i64);
         let vs = nn::VarStore::new(ctx.device);
-        let table = vs.root().var(
-            "table",
-            &[total, vocab],
-            nn::Init::Randn {
-                mean: 0.0,
-                stdev: init_std,
-            },
-        );
+        let mut table = vs.root().zeros("table", &[total, vocab]);
+        // Draw the initial table on the CPU so every device starts from the same prior.
+        tch::manual_seed(ctx.seed as i64);
+        let init = Tensor::randn([total, vocab], (Kind::Float, tch::Device::Cpu)) * init_std;
+        tch::no_grad(|| table.copy_(&init));
         Ok(Tabular {
             vs,
             table,

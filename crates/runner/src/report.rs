@@ -32,15 +32,22 @@ fn csv_bytes(header: &[String], rows: &[Vec<String>]) -> anyhow::Result<Vec<u8>>
 
 /// A file-system-safe name for a run.
 pub fn slug(name: &str) -> String {
-    name.chars()
+    let mapped: String = name
+        .chars()
         .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+            if c.is_ascii_alphanumeric() || c == '_' {
                 c.to_ascii_lowercase()
             } else {
                 '-'
             }
         })
-        .collect()
+        .collect();
+    // "BRAIn (no baseline)" → "brain-no-baseline"
+    mapped
+        .split('-')
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join("-")
 }
 
 pub fn write_steps(out_dir: &Path, run: &str, log: &StepLog) -> anyhow::Result<()> {

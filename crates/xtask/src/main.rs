@@ -34,7 +34,15 @@ fn main() -> Result<()> {
             step("checking formatting (cargo fmt --check)");
             run(cargo(&["fmt", "--all", "--", "--check"]).current_dir(&root))?;
             step("linting (cargo clippy -D warnings)");
-            run(cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]).current_dir(&root))?;
+            run(cargo(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])
+            .current_dir(&root))?;
             step("running the test suite (cargo test --workspace)");
             let mut cmd = cargo(&["test", "--workspace"]);
             cmd.args(&args[1..]);
@@ -72,7 +80,9 @@ fn run(cmd: &mut Command) -> Result<()> {
 
 fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// `$BRAIN_RS_TORCH_VENV`, else `$XDG_CACHE_HOME/brain-rs/torch-<version>`,
@@ -85,7 +95,9 @@ fn venv_dir() -> Result<PathBuf> {
         Ok(d) if !d.is_empty() => PathBuf::from(d),
         _ => PathBuf::from(std::env::var("HOME").context("HOME is not set")?).join(".cache"),
     };
-    Ok(cache.join("brain-rs").join(format!("torch-{TORCH_VERSION}")))
+    Ok(cache
+        .join("brain-rs")
+        .join(format!("torch-{TORCH_VERSION}")))
 }
 
 fn setup(root: &Path) -> Result<()> {
@@ -100,7 +112,10 @@ fn setup(root: &Path) -> Result<()> {
     let found = python.exists().then(|| torch_dir(&python)).flatten();
     let torch = match found {
         Some(out) if out.lines().next() == Some(TORCH_VERSION) => {
-            eprintln!("==> LibTorch {TORCH_VERSION}: already installed in {}", venv.display());
+            eprintln!(
+                "==> LibTorch {TORCH_VERSION}: already installed in {}",
+                venv.display()
+            );
             out.lines().nth(1).unwrap_or_default().to_string()
         }
         _ => {
@@ -136,7 +151,8 @@ fn setup(root: &Path) -> Result<()> {
         if link.symlink_metadata().is_ok() {
             std::fs::remove_file(&link).with_context(|| format!("replacing {}", link.display()))?;
         }
-        std::os::unix::fs::symlink(&torch, &link).with_context(|| format!("linking {}", link.display()))?;
+        std::os::unix::fs::symlink(&torch, &link)
+            .with_context(|| format!("linking {}", link.display()))?;
         eprintln!("==> linked .libtorch -> {torch}");
     }
     Ok(())

@@ -156,7 +156,14 @@ mod tests {
     use super::*;
     use tch::Device;
 
-    fn group(policy: &[f64], proposal: &[f64], prior: &[f64], goodness: &[f64], p: i64, n: i64) -> GroupInputs {
+    fn group(
+        policy: &[f64],
+        proposal: &[f64],
+        prior: &[f64],
+        goodness: &[f64],
+        p: i64,
+        n: i64,
+    ) -> GroupInputs {
         let t = |xs: &[f64]| Tensor::from_slice(xs).view([p, n]);
         GroupInputs {
             policy_logp: t(policy).set_requires_grad(true),
@@ -179,16 +186,28 @@ mod tests {
         let (brain, _) = brain_loss(&b, Baseline::SelfNormalized, Target::Argmax);
         brain.backward();
         let d = group(&policy, &prior, &prior, &reward, p, n);
-        let config = dpo::DpoConfig { beta: 1.0, label_smoothing: 0.0, n: 2, pairs: dpo::Pairs::BestVsWorst };
+        let config = dpo::DpoConfig {
+            beta: 1.0,
+            label_smoothing: 0.0,
+            n: 2,
+            pairs: dpo::Pairs::BestVsWorst,
+        };
         let (dpo_loss, _) = dpo::dpo_group_loss(&d, &config);
         dpo_loss.backward();
         assert!((brain.double_value(&[]) - dpo_loss.double_value(&[])).abs() < 1e-12);
-        assert!(b.policy_logp.grad().allclose(&d.policy_logp.grad(), 1e-12, 1e-12, false));
+        assert!(b
+            .policy_logp
+            .grad()
+            .allclose(&d.policy_logp.grad(), 1e-12, 1e-12, false));
         // And both equal the closed form −mean log σ(s_w − s_l), s = log q − log p.
         let mut want = 0.0;
         for i in 0..3 {
             let s = |j: usize| policy[2 * i + j] - prior[2 * i + j];
-            let (w, l) = if reward[2 * i] > reward[2 * i + 1] { (0, 1) } else { (1, 0) };
+            let (w, l) = if reward[2 * i] > reward[2 * i + 1] {
+                (0, 1)
+            } else {
+                (1, 0)
+            };
             want += (1.0 + (-(s(w) - s(l))).exp()).ln() / 3.0;
         }
         assert!((brain.double_value(&[]) - want).abs() < 1e-12);
@@ -198,14 +217,28 @@ mod tests {
     #[test]
     fn gradient_is_alpha_minus_beta() {
         let (p, n) = (1, 4);
-        let b = group(&[-1.0, -2.0, -0.5, -3.0], &[-1.5, -1.0, -2.0, -1.2], &[-1.1, -1.9, -0.7, -2.5], &[0.2, -0.3, 1.0, 0.0], p, n);
+        let b = group(
+            &[-1.0, -2.0, -0.5, -3.0],
+            &[-1.5, -1.0, -2.0, -1.2],
+            &[-1.1, -1.9, -0.7, -2.5],
+            &[0.2, -0.3, 1.0, 0.0],
+            p,
+            n,
+        );
         let (loss, m) = brain_loss(&b, Baseline::SelfNormalized, Target::Softmax);
         loss.backward();
         let log_w = &b.prior_logp + &b.log_goodness - &b.proposal_logp;
         let alpha = log_w.softmax(-1, Kind::Double);
         let beta = (b.policy_logp.detach() - &b.proposal_logp).softmax(-1, Kind::Double);
-        assert!(b.policy_logp.grad().allclose(&(beta - &alpha), 1e-12, 1e-12, false));
-        let ess = 1.0 / alpha.pow_tensor_scalar(2).sum(Kind::Double).double_value(&[]);
+        assert!(b
+            .policy_logp
+            .grad()
+            .allclose(&(beta - &alpha), 1e-12, 1e-12, false));
+        let ess = 1.0
+            / alpha
+                .pow_tensor_scalar(2)
+                .sum(Kind::Double)
+                .double_value(&[]);
         assert!((m.get("ess_alpha").unwrap() - ess).abs() < 1e-9);
         let _ = Device::Cpu;
     }
@@ -216,8 +249,16 @@ mod tests {
         let policy = [-1.0, -2.0, -0.5, -3.0];
         let q = [-1.5, -1.0, -2.0, -1.2];
         let prior = [-1.1, -1.9, -0.7, -2.5];
-        let (a, _) = brain_loss(&group(&policy, &q, &prior, &[0.2, -0.3, 1.0, 0.0], 1, 4), Baseline::SelfNormalized, Target::Softmax);
-        let (b, _) = brain_loss(&group(&policy, &q, &prior, &[5.2, 4.7, 6.0, 5.0], 1, 4), Baseline::SelfNormalized, Target::Softmax);
+        let (a, _) = brain_loss(
+            &group(&policy, &q, &prior, &[0.2, -0.3, 1.0, 0.0], 1, 4),
+            Baseline::SelfNormalized,
+            Target::Softmax,
+        );
+        let (b, _) = brain_loss(
+            &group(&policy, &q, &prior, &[5.2, 4.7, 6.0, 5.0], 1, 4),
+            Baseline::SelfNormalized,
+            Target::Softmax,
+        );
         assert!((a.double_value(&[]) - b.double_value(&[])).abs() < 1e-12);
     }
 }
