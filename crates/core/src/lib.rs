@@ -17,7 +17,7 @@ pub mod task;
 pub use estimator::{Estimator, GroupInputs};
 pub use evaluator::{EvalContext, Evaluator};
 pub use metrics::Metrics;
-pub use policy::{ModelContext, ModelSpec, Policy};
+pub use policy::{Decoder, ModelContext, ModelSpec, Policy};
 pub use registry::{Kind, Plugin, PluginError};
 pub use reward::{GoodnessModel, RewardModel, RewardSpec};
 pub use sampling::{SampleBatch, SamplingConfig};

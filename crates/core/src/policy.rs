@@ -18,6 +18,24 @@ pub trait Policy: Send {
     fn device(&self) -> Device {
         self.var_store().device()
     }
+
+    /// Incremental decoding with a KV cache, for models that have one. The
+    /// sampler falls back to full recomputation (`forward` on the whole prefix
+    /// each step) when this returns `None`.
+    fn decoder(&self) -> Option<Box<dyn Decoder + '_>> {
+        None
+    }
+}
+
+/// A decoding session over one batch: `prefill` once, then `step` per token.
+pub trait Decoder {
+    /// Runs the (left-padded) prompts `[B, T]` and returns the next-token
+    /// logits `[B, V]` at the last position.
+    fn prefill(&mut self, input_ids: &Tensor, attention_mask: &Tensor) -> Tensor;
+
+    /// Appends one token per row `[B]`; `attention_mask` `[B, T+1]` covers every
+    /// token so far (0 for rows that already stopped). Returns logits `[B, V]`.
+    fn step(&mut self, tokens: &Tensor, attention_mask: &Tensor) -> Tensor;
 }
 
 /// What a model constructor may need from the rest of the manifest.

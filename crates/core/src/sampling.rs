@@ -191,9 +191,14 @@ pub fn sample(
     let mut done = Tensor::zeros([b], (Kind::Bool, device)); // [B]
     let mut proposal_logp = Tensor::zeros([b], (Kind::Float, device));
     let mut model_logp = Tensor::zeros([b], (Kind::Float, device));
+    let mut decoder = policy.decoder();
+    let mut pending: Option<Tensor> = None; // the last sampled tokens [B], not yet fed
     for _ in 0..max_new_tokens {
-        let logits = policy.forward(&ids, &attn); // [B, T, V]
-        let last = logits.select(1, ids.size()[1] - 1); // [B, V]
+        let last = match (&mut decoder, &pending) {
+            (Some(d), None) => d.prefill(&ids, &attn),
+            (Some(d), Some(tokens)) => d.step(tokens, &attn),
+            (None, _) => policy.forward(&ids, &attn).select(1, ids.size()[1] - 1),
+        }; // [B, V]
         let raw = last.log_softmax(-1, Kind::Float); // [B, V]
         let (token, step_logq) = if config.temperature == 0.0 {
             (
@@ -221,8 +226,9 @@ pub fn sample(
         let token = token
             .squeeze_dim(1)
             .where_self(&alive, &Tensor::zeros_like(&done).to_kind(Kind::Int64)); // [B]
-        ids = Tensor::cat(&[ids, token.unsqueeze(1)], 1);
+        ids = Tensor::cat(&[&ids, &token.unsqueeze(1)], 1);
         attn = Tensor::cat(&[attn, alive.to_kind(Kind::Int64).unsqueeze(1)], 1);
+        pending = Some(token.shallow_clone());
         if let Some(eos) = eos {
             done = done.logical_or(&token.eq(eos).logical_and(&alive));
             if done.all().int64_value(&[]) != 0 {
