@@ -14,7 +14,7 @@ pub mod reward;
 pub mod sampling;
 pub mod task;
 
-pub use estimator::{Estimator, GroupInputs};
+pub use estimator::{pair_mask, pair_mean, Estimator, GroupInputs, Pairs};
 pub use evaluator::{EvalContext, Evaluator};
 pub use metrics::Metrics;
 pub use policy::{Decoder, ModelContext, ModelSpec, Policy};

@@ -89,6 +89,8 @@ pub struct Run {
     pub estimator: Slot<dyn Estimator>,
     pub steps: usize,
     pub lr: f64,
+    /// The manifest's `sampling`, or the run's own.
+    pub sampling: SamplingConfig,
 }
 
 pub struct Manifest {
@@ -251,6 +253,8 @@ struct RunShape {
     steps: Option<usize>,
     #[serde(default)]
     lr: Option<f64>,
+    #[serde(default)]
+    sampling: Option<SamplingConfig>,
 }
 
 // ---------------------------------------------------------------------------
@@ -599,13 +603,22 @@ impl Manifest {
     fn build(src: &Source, registry: &Registry, path: &Path) -> Result<Manifest, ManifestError> {
         let shape: Shape =
             toml_edit::de::from_document(src.doc.clone()).map_err(|e| src.de_error(&e, &[]))?;
-        if let Err((k, message)) = shape.sampling.validate() {
-            let p = [key("sampling"), key(k)];
-            return Err(src.error(
-                src.span_of(&p),
-                format!("invalid `sampling.{k}`: {message}"),
-                format!("change `sampling.{k}`"),
-            ));
+        let run_sampling = shape.runs.iter().enumerate().filter_map(|(i, r)| {
+            let path = vec![key("runs"), Seg::Index(i), key("sampling")];
+            r.sampling.as_ref().map(|c| (path, c))
+        });
+        for (path, config) in
+            std::iter::once((vec![key("sampling")], &shape.sampling)).chain(run_sampling)
+        {
+            if let Err((k, message)) = config.validate() {
+                let mut p = path.clone();
+                p.push(key(k));
+                return Err(src.error(
+                    src.span_of(&p),
+                    format!("invalid `{}`: {message}", dotted(&p)),
+                    format!("change `{}`", dotted(&p)),
+                ));
+            }
         }
         for (k, bad) in [
             ("steps", shape.train.steps == 0),
@@ -680,6 +693,7 @@ impl Manifest {
                 estimator,
                 steps: r.steps.unwrap_or(shape.train.steps),
                 lr: r.lr.unwrap_or(shape.train.lr),
+                sampling: r.sampling.clone().unwrap_or_else(|| shape.sampling.clone()),
             });
         }
         Ok(Manifest {
@@ -707,6 +721,7 @@ impl Manifest {
             name: &'a str,
             steps: usize,
             lr: f64,
+            sampling: &'a SamplingConfig,
             estimator: &'a Slot<dyn Estimator>,
         }
         #[derive(Serialize)]
@@ -751,6 +766,7 @@ impl Manifest {
                     name: &r.name,
                     steps: r.steps,
                     lr: r.lr,
+                    sampling: &r.sampling,
                     estimator: &r.estimator,
                 })
                 .collect(),

@@ -143,6 +143,86 @@ impl SampleBatch {
     }
 }
 
+impl SampleBatch {
+    /// One given completion per prompt (e.g. gold / SFT references): prompts
+    /// left-padded, completions right-padded.
+    pub fn from_pairs(prompts: &[Prompt], completions: &[Vec<i64>], device: Device) -> SampleBatch {
+        assert_eq!(
+            prompts.len(),
+            completions.len(),
+            "one completion per prompt"
+        );
+        let (prompt_ids, prompt_mask) = left_pad(prompts, 1, device); // [P, Tp]
+        let l = completions.iter().map(Vec::len).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(completions.len() * l);
+        let mut mask = Vec::with_capacity(ids.capacity());
+        for c in completions {
+            ids.extend(c.iter().copied().chain(std::iter::repeat_n(0, l - c.len())));
+            mask.extend(
+                std::iter::repeat_n(1i64, c.len()).chain(std::iter::repeat_n(0, l - c.len())),
+            );
+        }
+        let b = prompts.len() as i64;
+        let ids = Tensor::from_slice(&ids)
+            .view([b, l as i64])
+            .to_device(device);
+        let cmask = Tensor::from_slice(&mask)
+            .view([b, l as i64])
+            .to_device(device);
+        let zeros = prompt_mask.zeros_like();
+        SampleBatch {
+            input_ids: Tensor::cat(&[prompt_ids, ids], 1),
+            attention_mask: Tensor::cat(&[&prompt_mask, &cmask], 1),
+            completion_mask: Tensor::cat(&[zeros, cmask], 1),
+            prompt_index: (0..prompts.len()).collect(),
+            proposal_logp: Tensor::zeros([b], (Kind::Float, device)),
+            model_logp: Tensor::zeros([b], (Kind::Float, device)),
+        }
+    }
+
+    /// The rows at `rows` `[K]` (i64), in that order.
+    pub fn select_rows(&self, rows: &Tensor) -> SampleBatch {
+        let rows = rows.to_device(self.input_ids.device());
+        let index = Vec::<i64>::try_from(rows.to_device(Device::Cpu)).expect("row indices are i64");
+        SampleBatch {
+            input_ids: self.input_ids.index_select(0, &rows),
+            attention_mask: self.attention_mask.index_select(0, &rows),
+            completion_mask: self.completion_mask.index_select(0, &rows),
+            prompt_index: index
+                .iter()
+                .map(|&i| self.prompt_index[i as usize])
+                .collect(),
+            proposal_logp: self.proposal_logp.index_select(0, &rows),
+            model_logp: self.model_logp.index_select(0, &rows),
+        }
+    }
+
+    /// The completion tokens of every row.
+    pub fn completions(&self) -> Vec<Vec<i64>> {
+        let (b, t) = self.input_ids.size2().expect("input_ids is [B, T]");
+        let ids = Vec::<i64>::try_from(self.input_ids.to_device(Device::Cpu).view([-1]))
+            .expect("i64 ids");
+        let mask = Vec::<i64>::try_from(self.completion_mask.to_device(Device::Cpu).view([-1]))
+            .expect("i64 mask");
+        (0..b as usize)
+            .map(|row| {
+                let r = row * t as usize..(row + 1) * t as usize;
+                ids[r.clone()]
+                    .iter()
+                    .zip(&mask[r])
+                    .filter(|(_, &m)| m != 0)
+                    .map(|(&i, _)| i)
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Completion lengths in tokens `[B]` (f32).
+    pub fn lengths(&self) -> Tensor {
+        crate::logprob::completion_lengths(&self.completion_mask)
+    }
+}
+
 /// Left-pads each prompt (repeated `n` times) to a common length → ids and mask `[P·n, Tp]`.
 fn left_pad(prompts: &[Prompt], n: i64, device: Device) -> (Tensor, Tensor) {
     let tp = prompts.iter().map(|p| p.ids.len()).max().unwrap_or(0);

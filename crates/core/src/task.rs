@@ -21,6 +21,12 @@ pub trait Task: Send + Sync {
     /// Held-out prompts to evaluate on.
     fn eval_prompts(&self) -> &[Prompt];
 
+    /// Reference (gold / SFT) completion of each training prompt, aligned with
+    /// [`Task::train_prompts`], for estimators that regularise toward it.
+    fn train_references(&self) -> Option<&[Vec<i64>]> {
+        None
+    }
+
     /// Completion length cap for sampling.
     fn max_new_tokens(&self) -> i64;
 

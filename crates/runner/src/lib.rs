@@ -22,6 +22,8 @@ pub fn link_plugins() {
     align_evaluators::link();
     brain::link();
     dpo::link();
+    rso::link();
+    slic::link();
 }
 
 /// One row of the summary table.

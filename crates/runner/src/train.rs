@@ -6,13 +6,13 @@ use align_core::manifest::{Manifest, Optimizer, Run};
 use align_core::policy::frozen_copy;
 use align_core::sampling::sample;
 use align_core::task::Prompt;
-use align_core::{GroupInputs, Metrics, ModelContext, Policy, RewardModel, Task};
+use align_core::{GroupInputs, Metrics, ModelContext, Policy, RewardModel, SampleBatch, Task};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tch::nn::OptimizerConfig;
-use tch::{nn, Kind};
+use tch::{nn, Kind, Tensor};
 
 pub struct Setup<'a> {
     pub manifest: &'a Manifest,
@@ -60,6 +60,27 @@ pub fn train(
     let mut proposal: Option<Box<dyn Policy>> = None; // None: sample from the prior
     let bar = progress_bar(progress, s.run.steps as u64, &s.run.name);
     let mut log = StepLog::new();
+    // Reference (gold / SFT) outputs for estimators that regularise toward them;
+    // a task without its own gets one prior sample per prompt, the stand-in for
+    // a draw from the SFT data distribution.
+    let references: Option<Vec<Vec<i64>>> =
+        match (estimator.needs_reference(), s.task.train_references()) {
+            (false, _) => None,
+            (true, Some(r)) => Some(r.to_vec()),
+            (true, None) => {
+                let seed = step_seed(s.manifest.seed, "references", 0);
+                let drawn = sample(
+                    s.prior,
+                    prompts,
+                    1,
+                    s.task.max_new_tokens(),
+                    s.task.eos_token(),
+                    &Default::default(),
+                    seed,
+                );
+                Some(drawn.completions())
+            }
+        };
 
     for step in 0..s.run.steps {
         if let Some(k) = estimator.proposal_refresh_every() {
@@ -74,40 +95,73 @@ pub fn train(
         let q: &dyn Policy = proposal.as_deref().unwrap_or(s.prior);
 
         // Next prompts, reshuffled each epoch.
-        let mut batch_prompts: Vec<Prompt> = Vec::with_capacity(per_step);
-        while batch_prompts.len() < per_step {
+        let mut batch_index: Vec<usize> = Vec::with_capacity(per_step);
+        while batch_index.len() < per_step {
             if cursor == order.len() {
                 order.shuffle(&mut shuffle_rng);
                 cursor = 0;
             }
-            batch_prompts.push(prompts[order[cursor]].clone());
+            batch_index.push(order[cursor]);
             cursor += 1;
         }
+        let batch_prompts: Vec<Prompt> = batch_index.iter().map(|&i| prompts[i].clone()).collect();
         let p = batch_prompts.len() as i64;
 
         let seed = step_seed(s.manifest.seed, &s.run.name, step);
-        let batch = sample(
+        let drawn = sample(
             q,
             &batch_prompts,
             n,
             s.task.max_new_tokens(),
             s.task.eos_token(),
-            &s.manifest.sampling,
+            &s.run.sampling,
             seed,
         );
-        let (prior_logp, reward, log_goodness) = {
+        let reward = {
             let _guard = tch::no_grad_guard();
-            let reward = s.reward.score(&batch)?;
-            let log_goodness = goodness.log_goodness(&reward, None)?;
-            (policy_logprobs(s.prior, &batch), reward, log_goodness)
+            s.reward.score(&drawn)?.view([p, n])
         };
-        let policy_logp = policy_logprobs(policy, &batch); // [P·n], with gradient
+        // Estimators such as RSO train on a reward-chosen subset of the samples;
+        // only that subset is scored by the prior and the policy.
+        let (batch, reward) = match estimator.subsample(&reward, seed) {
+            Some(index) => {
+                let k = index.size()[1];
+                let offsets = Tensor::arange(p, (Kind::Int64, index.device())).unsqueeze(1) * n;
+                let rows = (index.to_device(reward.device()) + offsets.to_device(reward.device()))
+                    .view([-1]); // [P·k]
+                (
+                    drawn.select_rows(&rows),
+                    reward
+                        .gather(1, &index.to_device(reward.device()), false)
+                        .view([p, k]),
+                )
+            }
+            None => (drawn, reward),
+        };
+        let k = reward.size()[1];
+        let (prior_logp, log_goodness) = {
+            let _guard = tch::no_grad_guard();
+            let log_goodness = goodness.log_goodness(&reward.view([-1]), None)?;
+            (policy_logprobs(s.prior, &batch), log_goodness)
+        };
+        let reference_policy_logp = if estimator.needs_reference() {
+            let references = references.as_deref().expect("drawn before the loop");
+            let chosen: Vec<Vec<i64>> =
+                batch_index.iter().map(|&i| references[i].clone()).collect();
+            let refs = SampleBatch::from_pairs(&batch_prompts, &chosen, policy.device());
+            Some(policy_logprobs(policy, &refs)) // [P], with gradient
+        } else {
+            None
+        };
+        let policy_logp = policy_logprobs(policy, &batch); // [P·k], with gradient
         let inputs = GroupInputs {
-            policy_logp: policy_logp.view([p, n]),
-            proposal_logp: batch.proposal_logp.view([p, n]),
-            prior_logp: prior_logp.view([p, n]),
-            log_goodness: log_goodness.view([p, n]),
-            reward: reward.view([p, n]),
+            policy_logp: policy_logp.view([p, k]),
+            proposal_logp: batch.proposal_logp.view([p, k]),
+            prior_logp: prior_logp.view([p, k]),
+            log_goodness: log_goodness.view([p, k]),
+            reward: reward.shallow_clone(),
+            lengths: batch.lengths().view([p, k]),
+            reference_policy_logp,
         };
         let (loss, mut metrics) = estimator.loss(&inputs);
         opt.backward_step(&loss);

@@ -45,6 +45,10 @@ pub struct BrainConfig {
     /// (0: keep sampling from the prior).
     #[serde(default)]
     pub refresh_every: usize,
+    /// Divide the policy, proposal and prior sequence log-probs by the
+    /// completion length before forming the weights.
+    #[serde(default)]
+    pub length_normalize: bool,
 }
 
 fn default_n() -> i64 {
@@ -127,7 +131,23 @@ impl Estimator for Brain {
     }
 
     fn loss(&self, inputs: &GroupInputs) -> (Tensor, Metrics) {
-        brain_loss(inputs, self.0.baseline, self.0.target)
+        if !self.0.length_normalize {
+            return brain_loss(inputs, self.0.baseline, self.0.target);
+        }
+        let len = inputs
+            .lengths
+            .clamp_min(1.0)
+            .to_kind(inputs.policy_logp.kind());
+        let normalized = GroupInputs {
+            policy_logp: &inputs.policy_logp / &len,
+            proposal_logp: &inputs.proposal_logp / &len,
+            prior_logp: &inputs.prior_logp / &len,
+            log_goodness: inputs.log_goodness.shallow_clone(),
+            reward: inputs.reward.shallow_clone(),
+            lengths: inputs.lengths.shallow_clone(),
+            reference_policy_logp: None,
+        };
+        brain_loss(&normalized, self.0.baseline, self.0.target)
     }
 }
 
@@ -171,6 +191,8 @@ mod tests {
             prior_logp: t(prior),
             log_goodness: t(goodness),
             reward: t(goodness),
+            lengths: Tensor::ones([p, n], (Kind::Double, Device::Cpu)),
+            reference_policy_logp: None,
         }
     }
 

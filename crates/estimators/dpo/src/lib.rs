@@ -3,21 +3,13 @@
 //! ("sft-sample-rank" when the samples come from the prior).
 
 use align_core::registry::{build_from_config, Built, ConfigDeserializer, Constructor};
-use align_core::{Estimator, GroupInputs, Metrics, Plugin, PluginError};
+pub use align_core::Pairs;
+use align_core::{pair_mask, pair_mean, Estimator, GroupInputs, Metrics, Plugin, PluginError};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 /// Referenced by the runner so the linker keeps this crate's registration.
 pub fn link() {}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Pairs {
-    /// One pair per prompt: highest- against lowest-reward sample.
-    BestVsWorst,
-    /// Every ordered pair with distinct rewards.
-    All,
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,46 +53,22 @@ pub fn dpo_pair_loss(
 pub fn dpo_group_loss(inputs: &GroupInputs, config: &DpoConfig) -> (Tensor, Metrics) {
     let kind = inputs.policy_logp.kind();
     let s = &inputs.policy_logp - inputs.prior_logp.to_kind(kind); // [P, n]
-    let reward = inputs.reward.detach();
-    let (loss, chosen_reward, accuracy) = match config.pairs {
-        Pairs::BestVsWorst => {
-            let best = reward.argmax(-1, true); // [P, 1]
-            let worst = reward.argmin(-1, true);
-            let (sw, sl) = (s.gather(1, &best, false), s.gather(1, &worst, false)); // [P, 1]
-            let per_pair = dpo_pair_loss(&sw, &sl, config.beta, config.label_smoothing);
-            let acc = sw.gt_tensor(&sl).to_kind(Kind::Double).mean(Kind::Double);
-            (
-                per_pair.mean(kind),
-                (sw - sl).detach().mean(Kind::Double),
-                acc,
-            )
-        }
-        Pairs::All => {
-            // Pair (i, j) counts when r_i > r_j: i chosen, j rejected.
-            let valid = reward
-                .unsqueeze(2)
-                .gt_tensor(&reward.unsqueeze(1))
-                .to_kind(kind); // [P, n, n]
-            let count = valid.sum(kind).clamp_min(1.0);
-            let per_pair = dpo_pair_loss(
-                &s.unsqueeze(2),
-                &s.unsqueeze(1),
-                config.beta,
-                config.label_smoothing,
-            ); // [P, n, n]
-            let margin = s.unsqueeze(2) - s.unsqueeze(1);
-            let acc = (margin.gt(0.0).to_kind(kind) * &valid).sum(kind) / &count;
-            (
-                (per_pair * &valid).sum(kind) / &count,
-                ((margin * &valid).sum(kind) / &count).detach(),
-                acc,
-            )
-        }
-    };
+    let valid = pair_mask(&inputs.reward.to_kind(kind), config.pairs); // [P, n, n]
+    let (chosen, rejected) = (s.unsqueeze(2), s.unsqueeze(1)); // [P, n, 1], [P, 1, n]
+    let loss = pair_mean(
+        &dpo_pair_loss(&chosen, &rejected, config.beta, config.label_smoothing),
+        &valid,
+    );
+    let _guard = tch::no_grad_guard();
+    let margin = &chosen - &rejected; // [P, n, n]
     let mut m = Metrics::new();
     m.set("loss", loss.double_value(&[]));
-    m.set("margin", chosen_reward.double_value(&[]));
-    m.set("pair_accuracy", accuracy.double_value(&[]));
+    m.set("margin", pair_mean(&margin, &valid).double_value(&[]));
+    m.set(
+        "pair_accuracy",
+        pair_mean(&margin.gt(0.0).to_kind(kind), &valid).double_value(&[]),
+    );
+    m.set("pairs", valid.sum(Kind::Double).double_value(&[]));
     (loss, m)
 }
 

@@ -1,0 +1,109 @@
+//! SLiC-HF (Zhao et al. 2023): rank calibration on reward-ranked pairs of the
+//! policy's own samples, `max(0, δ − log π_θ(y⁺) + log π_θ(y⁻))`, plus the
+//! regulariser `λ · (−log π_θ(y_ref))` toward the reference (SFT) target.
+//! No reference model appears in the calibration term.
+
+use align_core::registry::{build_from_config, Built, ConfigDeserializer, Constructor};
+use align_core::{
+    pair_mask, pair_mean, Estimator, GroupInputs, Metrics, Pairs, Plugin, PluginError,
+};
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+/// Referenced by the runner so the linker keeps this crate's registration.
+pub fn link() {}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlicConfig {
+    /// Calibration margin δ.
+    #[serde(default = "one")]
+    pub delta: f64,
+    /// Weight λ of the cross-entropy regulariser on the reference target
+    /// (no default: the SLiC-HF paper tunes it per task).
+    pub lambda: f64,
+    /// Decodes per prompt to rank (m).
+    #[serde(default = "eight")]
+    pub m: i64,
+    #[serde(default = "default_pairs")]
+    pub pairs: Pairs,
+}
+
+fn one() -> f64 {
+    1.0
+}
+fn eight() -> i64 {
+    8
+}
+fn default_pairs() -> Pairs {
+    Pairs::All
+}
+
+pub struct Slic(pub SlicConfig);
+
+/// SLiC-HF loss over `[P, m]` groups with `reference_policy_logp` `[P]`.
+pub fn slic_loss(inputs: &GroupInputs, config: &SlicConfig) -> (Tensor, Metrics) {
+    let kind = inputs.policy_logp.kind();
+    let lp = &inputs.policy_logp; // [P, m]
+    let valid = pair_mask(&inputs.reward.to_kind(kind), config.pairs); // [P, m, m]
+    let hinge = (-(lp.unsqueeze(2) - lp.unsqueeze(1)) + config.delta).clamp_min(0.0); // [P, m, m]
+    let calibration = pair_mean(&hinge, &valid);
+    let reference = inputs
+        .reference_policy_logp
+        .as_ref()
+        .expect("the runner fills reference_policy_logp when needs_reference() is true");
+    let regulariser = -reference.to_kind(kind).mean(kind);
+    let loss = &calibration + &regulariser * config.lambda;
+    let mut m = Metrics::new();
+    m.set("loss", loss.double_value(&[]));
+    m.set("calibration", calibration.double_value(&[]));
+    m.set("reference_nll", regulariser.double_value(&[]));
+    m.set("pairs", valid.sum(Kind::Double).double_value(&[]));
+    (loss, m)
+}
+
+impl Estimator for Slic {
+    fn samples_per_prompt(&self) -> i64 {
+        self.0.m
+    }
+
+    fn needs_reference(&self) -> bool {
+        true
+    }
+
+    fn loss(&self, inputs: &GroupInputs) -> (Tensor, Metrics) {
+        slic_loss(inputs, &self.0)
+    }
+}
+
+fn construct(de: ConfigDeserializer) -> Result<Built<dyn Estimator>, PluginError> {
+    build_from_config(de, |c: &SlicConfig| {
+        if !c.delta.is_finite() || c.delta <= 0.0 {
+            return Err(PluginError::invalid(
+                "delta",
+                format!("must be > 0, got {}", c.delta),
+            ));
+        }
+        if !c.lambda.is_finite() || c.lambda < 0.0 {
+            return Err(PluginError::invalid(
+                "lambda",
+                format!("must be ≥ 0, got {}", c.lambda),
+            ));
+        }
+        if c.m < 2 {
+            return Err(PluginError::invalid(
+                "m",
+                format!("ranking needs at least 2 decodes per prompt, got {}", c.m),
+            ));
+        }
+        Ok(Box::new(Slic(c.clone())) as Box<dyn Estimator>)
+    })
+}
+
+align_core::inventory::submit! {
+    Plugin {
+        name: "slic",
+        description: "SLiC-HF: rank-calibration hinge on reward-ranked decodes + λ·NLL of the reference target",
+        constructor: Constructor::Estimator(construct),
+    }
+}
