@@ -1,0 +1,189 @@
+//! A BERT encoder (e.g. all-MiniLM-L6-v2), for reward models that put a head
+//! on a sentence encoder. Not a `Policy` (it is not autoregressive): it returns
+//! hidden states `[B, T, H]` and mean-pooled sentence embeddings `[B, H]`.
+//! Parameter paths equal HF's safetensors keys (with or without `bert.`).
+
+use std::path::Path;
+
+use serde::Deserialize;
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::common::{attention, split_heads, Activation, LayerNorm, Linear};
+use crate::error::{ModelError, Result};
+use crate::hf::read_json;
+use crate::weights::{DType, Weights};
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BertConfig {
+    pub vocab_size: i64,
+    pub hidden_size: i64,
+    pub num_hidden_layers: i64,
+    pub num_attention_heads: i64,
+    pub intermediate_size: i64,
+    pub max_position_embeddings: i64,
+    #[serde(default = "two")]
+    pub type_vocab_size: i64,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default)]
+    pub position_embedding_type: Option<String>,
+}
+
+fn two() -> i64 {
+    2
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+fn default_act() -> String {
+    "gelu".into()
+}
+
+struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attn_out: Linear,
+    attn_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    out_norm: LayerNorm,
+}
+
+pub struct Bert {
+    pub vs: nn::VarStore,
+    word: Tensor,
+    position: Tensor,
+    token_type: Tensor,
+    emb_norm: LayerNorm,
+    layers: Vec<Layer>,
+    heads: i64,
+    head_dim: i64,
+    act: Activation,
+}
+
+impl Bert {
+    /// Loads `config.json` + safetensors from an HF directory.
+    pub fn from_dir(dir: &Path, dtype: DType, device: Device) -> Result<Bert> {
+        let config_path = dir.join("config.json");
+        let cfg: BertConfig = read_json(&config_path)?;
+        if let Some(t) = cfg
+            .position_embedding_type
+            .as_deref()
+            .filter(|t| *t != "absolute")
+        {
+            return Err(ModelError::file(
+                &config_path,
+                format!("position_embedding_type `{t}` is not supported (only `absolute`)"),
+            ));
+        }
+        let act = Activation::from_hf(&cfg.hidden_act).ok_or_else(|| {
+            ModelError::file(
+                &config_path,
+                format!("unsupported hidden_act `{}`", cfg.hidden_act),
+            )
+        })?;
+        let weights = Weights::from_dir(dir)?;
+        let mut bert = Bert::new(nn::VarStore::new(device), &cfg, act);
+        weights.load_into(&bert.vs, &["bert."])?;
+        bert.vs.set_kind(dtype.kind());
+        Ok(bert)
+    }
+
+    fn new(vs: nn::VarStore, cfg: &BertConfig, act: Activation) -> Bert {
+        let root = vs.root();
+        let (h, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
+        let e = root.sub("embeddings");
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| {
+                let p = root.sub("encoder").sub("layer").sub(i);
+                let a = p.sub("attention");
+                Layer {
+                    query: Linear::new(a.sub("self").sub("query"), h, h, true),
+                    key: Linear::new(a.sub("self").sub("key"), h, h, true),
+                    value: Linear::new(a.sub("self").sub("value"), h, h, true),
+                    attn_out: Linear::new(a.sub("output").sub("dense"), h, h, true),
+                    attn_norm: LayerNorm::new(a.sub("output").sub("LayerNorm"), h, eps),
+                    intermediate: Linear::new(
+                        p.sub("intermediate").sub("dense"),
+                        h,
+                        cfg.intermediate_size,
+                        true,
+                    ),
+                    output: Linear::new(
+                        p.sub("output").sub("dense"),
+                        cfg.intermediate_size,
+                        h,
+                        true,
+                    ),
+                    out_norm: LayerNorm::new(p.sub("output").sub("LayerNorm"), h, eps),
+                }
+            })
+            .collect();
+        let word = e
+            .sub("word_embeddings")
+            .zeros("weight", &[cfg.vocab_size, h]);
+        let position = e
+            .sub("position_embeddings")
+            .zeros("weight", &[cfg.max_position_embeddings, h]);
+        let token_type = e
+            .sub("token_type_embeddings")
+            .zeros("weight", &[cfg.type_vocab_size, h]);
+        let emb_norm = LayerNorm::new(e.sub("LayerNorm"), h, eps);
+        Bert {
+            vs,
+            word,
+            position,
+            token_type,
+            emb_norm,
+            layers,
+            heads: cfg.num_attention_heads,
+            head_dim: h / cfg.num_attention_heads,
+            act,
+        }
+    }
+
+    /// Last hidden states `[B, T, H]` for right-padded `input_ids` `[B, T]`.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        token_type_ids: Option<&Tensor>,
+    ) -> Tensor {
+        let (b, t) = input_ids.size2().expect("input_ids is [B, T]");
+        let device = input_ids.device();
+        let positions = Tensor::arange(t, (Kind::Int64, device)).unsqueeze(0);
+        let types = match token_type_ids {
+            Some(tt) => tt.shallow_clone(),
+            None => input_ids.zeros_like(),
+        };
+        let x = Tensor::embedding(&self.word, input_ids, -1, false, false)
+            + Tensor::embedding(&self.position, &positions, -1, false, false)
+            + Tensor::embedding(&self.token_type, &types, -1, false, false);
+        let mut x = self.emb_norm.forward(&x);
+        let mask = attention_mask.ne(0).view([b, 1, 1, t]);
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        for l in &self.layers {
+            let q = split_heads(&l.query.forward(&x), self.heads);
+            let k = split_heads(&l.key.forward(&x), self.heads);
+            let v = split_heads(&l.value.forward(&x), self.heads);
+            let a = l.attn_out.forward(&attention(&q, &k, &v, &mask, scale));
+            x = l.attn_norm.forward(&(a + &x));
+            let m = l
+                .output
+                .forward(&self.act.apply(&l.intermediate.forward(&x)));
+            x = l.out_norm.forward(&(m + &x));
+        }
+        x
+    }
+
+    /// Mean of the hidden states over real tokens → `[B, H]` (sentence-transformers pooling).
+    pub fn mean_pool(hidden: &Tensor, attention_mask: &Tensor) -> Tensor {
+        let m = attention_mask.to_kind(hidden.kind()).unsqueeze(-1); // [B, T, 1]
+        (hidden * &m).sum_dim_intlist([1].as_slice(), false, None)
+            / m.sum_dim_intlist([1].as_slice(), false, None)
+                .clamp_min(1e-9)
+    }
+}

@@ -1,0 +1,339 @@
+//! Pieces the decoder-only architectures share: position ids and attention
+//! masks from padding masks, rotary embeddings, a growable KV cache, and the
+//! generic `Policy` / `Decoder` wrappers.
+
+use align_core::{Decoder, Policy};
+use tch::{nn, Device, Kind, Tensor};
+
+/// Position ids from a padding mask `[B, T]`: the number of real tokens before
+/// each position (0 on leading padding), so left- and right-padded rows get the
+/// same positions as unpadded ones.
+pub fn position_ids(attention_mask: &Tensor) -> Tensor {
+    (attention_mask.cumsum(-1, Kind::Int64) - 1).clamp_min(0)
+}
+
+/// Boolean attention mask `[B, 1, Tq, Tk]` (true = may attend) for the last `tq`
+/// of `tk` positions: causal, never to padding keys; every query also sees
+/// itself so a padding query has a non-empty row (its output is never used).
+pub fn causal_mask(attention_mask: &Tensor, tq: i64) -> Tensor {
+    let (b, tk) = attention_mask.size2().expect("attention_mask is [B, T]");
+    let device = attention_mask.device();
+    let q = Tensor::arange_start(tk - tq, tk, (Kind::Int64, device)).view([tq, 1]);
+    let k = Tensor::arange(tk, (Kind::Int64, device)).view([1, tk]);
+    let causal = k.le_tensor(&q); // [Tq, Tk]
+    let diagonal = k.eq_tensor(&q);
+    let keys = attention_mask.ne(0).view([b, 1, 1, tk]);
+    causal.logical_and(&keys).logical_or(&diagonal)
+}
+
+/// Rotary position embedding (HF's rotate-half layout) over the first
+/// `dims` features of each head.
+pub struct Rope {
+    inv_freq: Tensor, // [dims / 2] f32
+}
+
+impl Rope {
+    pub fn new(dims: i64, theta: f64, device: Device) -> Rope {
+        // As HF: 1 / theta^(arange(0, d, 2) / d), in f32.
+        let exponent = Tensor::arange_start_step(0, dims, 2, (Kind::Int64, device))
+            .to_kind(Kind::Float)
+            / dims as f64;
+        let base = Tensor::from(theta as f32).to_device(device);
+        Rope {
+            inv_freq: base.pow(&exponent).reciprocal(),
+        }
+    }
+
+    /// `cos`, `sin` `[B, 1, T, dims]` (f32) for position ids `[B, T]`.
+    pub fn cos_sin(&self, position_ids: &Tensor) -> (Tensor, Tensor) {
+        let freqs = position_ids.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq; // [B, T, d/2]
+        let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
+        (emb.cos(), emb.sin())
+    }
+
+    /// Applies the rotation to `x` `[B, H, T, D]` (the first `cos.size(-1)` features).
+    pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+        let d = x.size()[3];
+        let r = cos.size()[3];
+        let (cos, sin) = (cos.to_kind(x.kind()), sin.to_kind(x.kind()));
+        let rotate = |x: &Tensor| {
+            let half = x.size()[3] / 2;
+            let x1 = x.narrow(3, 0, half);
+            let x2 = x.narrow(3, half, half);
+            Tensor::cat(&[&(-x2), &x1], 3)
+        };
+        if r == d {
+            x * &cos + rotate(x) * &sin
+        } else {
+            let rot = x.narrow(3, 0, r);
+            let pass = x.narrow(3, r, d - r);
+            Tensor::cat(&[&rot * &cos + rotate(&rot) * &sin, pass], 3)
+        }
+    }
+}
+
+/// Keys and values of every layer for one decoding session, `[B, H_kv, cap, D]`
+/// buffers that grow by doubling so a step appends without copying the past.
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    /// Positions filled in every layer.
+    pub len: i64,
+}
+
+impl KvCache {
+    pub fn new(layers: usize) -> KvCache {
+        KvCache {
+            layers: (0..layers).map(|_| None).collect(),
+            len: 0,
+        }
+    }
+
+    /// Appends `k`, `v` `[B, H_kv, T, D]` at position `len` of `layer` and
+    /// returns the keys and values so far `[B, H_kv, len + T, D]`. Call
+    /// [`KvCache::advance`] once every layer has appended.
+    pub fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
+        let t = k.size()[2];
+        let need = self.len + t;
+        let slot = &mut self.layers[layer];
+        let grow = match slot {
+            Some((kb, _)) => kb.size()[2] < need,
+            None => true,
+        };
+        if grow {
+            let cap = match slot {
+                Some((kb, _)) => (kb.size()[2] * 2).max(need + 64),
+                None => need + 64,
+            };
+            let new = |x: &Tensor, old: Option<&Tensor>| {
+                let mut s = x.size();
+                s[2] = cap;
+                let buf = Tensor::zeros(&s, (x.kind(), x.device()));
+                if let Some(old) = old {
+                    buf.narrow(2, 0, self.len)
+                        .copy_(&old.narrow(2, 0, self.len));
+                }
+                buf
+            };
+            let old = slot.take();
+            *slot = Some((
+                new(k, old.as_ref().map(|o| &o.0)),
+                new(v, old.as_ref().map(|o| &o.1)),
+            ));
+        }
+        let (kb, vb) = slot.as_ref().expect("allocated above");
+        kb.narrow(2, self.len, t).copy_(k);
+        vb.narrow(2, self.len, t).copy_(v);
+        (kb.narrow(2, 0, need), vb.narrow(2, 0, need))
+    }
+
+    pub fn advance(&mut self, t: i64) {
+        self.len += t;
+    }
+}
+
+/// A decoder-only transformer body: hidden states after the final norm, and
+/// the output projection.
+pub trait CausalLm: Send {
+    /// `input_ids` `[B, T]`, `position_ids` `[B, T]`, `mask` from
+    /// [`causal_mask`] `[B, 1, T, past + T]` → hidden states `[B, T, H]`.
+    /// With a cache, keys and values are appended to it (and attention covers
+    /// the cached positions too).
+    fn hidden(
+        &self,
+        input_ids: &Tensor,
+        position_ids: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor;
+
+    /// `[…, H]` → logits `[…, V]`.
+    fn logits(&self, hidden: &Tensor) -> Tensor;
+
+    fn num_layers(&self) -> usize;
+}
+
+/// A decoder-only model with its parameters: implements [`Policy`].
+pub struct CausalModel<M> {
+    pub vs: nn::VarStore,
+    pub model: M,
+    pub vocab: i64,
+}
+
+impl<M: CausalLm> Policy for CausalModel<M> {
+    fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Tensor {
+        let t = input_ids.size()[1];
+        let positions = position_ids(attention_mask);
+        let mask = causal_mask(attention_mask, t);
+        let hidden = self.model.hidden(input_ids, &positions, &mask, None);
+        self.model.logits(&hidden)
+    }
+
+    fn vocab_size(&self) -> i64 {
+        self.vocab
+    }
+
+    fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    fn var_store_mut(&mut self) -> &mut nn::VarStore {
+        &mut self.vs
+    }
+
+    fn decoder(&self) -> Option<Box<dyn Decoder + '_>> {
+        Some(Box::new(CachedDecoder {
+            model: &self.model,
+            cache: KvCache::new(self.model.num_layers()),
+        }))
+    }
+}
+
+/// KV-cache decoding over a [`CausalLm`].
+pub struct CachedDecoder<'a, M> {
+    model: &'a M,
+    cache: KvCache,
+}
+
+impl<M: CausalLm> Decoder for CachedDecoder<'_, M> {
+    fn prefill(&mut self, input_ids: &Tensor, attention_mask: &Tensor) -> Tensor {
+        self.cache = KvCache::new(self.model.num_layers());
+        let t = input_ids.size()[1];
+        let positions = position_ids(attention_mask);
+        let mask = causal_mask(attention_mask, t);
+        let hidden = self
+            .model
+            .hidden(input_ids, &positions, &mask, Some(&mut self.cache));
+        self.cache.advance(t);
+        // Left-padded: the last position is real in every row.
+        self.model.logits(&hidden.select(1, t - 1)) // [B, V]
+    }
+
+    fn step(&mut self, tokens: &Tensor, attention_mask: &Tensor) -> Tensor {
+        let ids = tokens.view([-1, 1]);
+        // Position of the new token = real tokens before it.
+        let positions =
+            (attention_mask.sum_dim_intlist([-1].as_slice(), true, Kind::Int64) - 1).clamp_min(0); // [B, 1]
+        let mask = causal_mask(attention_mask, 1);
+        let hidden = self
+            .model
+            .hidden(&ids, &positions, &mask, Some(&mut self.cache));
+        self.cache.advance(1);
+        self.model.logits(&hidden.select(1, 0))
+    }
+}
+
+/// `[B, T, H·D]` → `[B, H, T, D]`.
+pub fn split_heads(x: &Tensor, heads: i64) -> Tensor {
+    let (b, t, _) = x.size3().expect("[B, T, C]");
+    x.view([b, t, heads, -1]).transpose(1, 2)
+}
+
+/// Scaled dot-product attention: `q` `[B, H, Tq, D]`, `k`, `v` `[B, H_kv, Tk, D]`
+/// (grouped when `H_kv < H`), bool `mask` → `[B, Tq, H·D]`.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Tensor {
+    let (b, h, tq, d) = q.size4().expect("[B, H, T, D]");
+    let gqa = k.size()[1] != h;
+    let out = Tensor::scaled_dot_product_attention(q, k, v, Some(mask), 0.0, false, scale, gqa);
+    out.transpose(1, 2).reshape([b, tq, h * d])
+}
+
+/// An activation by its HF `hidden_act` name.
+#[derive(Debug, Clone, Copy)]
+pub enum Activation {
+    Gelu,
+    GeluTanh,
+    Silu,
+    Relu,
+}
+
+impl Activation {
+    pub fn from_hf(name: &str) -> Option<Activation> {
+        Some(match name {
+            "gelu" => Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+            "silu" | "swish" => Activation::Silu,
+            "relu" => Activation::Relu,
+            _ => return None,
+        })
+    }
+
+    pub fn apply(self, x: &Tensor) -> Tensor {
+        match self {
+            Activation::Gelu => x.gelu("none"),
+            Activation::GeluTanh => x.gelu("tanh"),
+            Activation::Silu => x.silu(),
+            Activation::Relu => x.relu(),
+        }
+    }
+}
+
+/// A linear layer with HF's parameter names (`weight` `[out, in]`, optional `bias`).
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(p: nn::Path, input: i64, output: i64, bias: bool) -> Linear {
+        Linear {
+            weight: p.zeros("weight", &[output, input]),
+            bias: bias.then(|| p.zeros("bias", &[output])),
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.weight, self.bias.as_ref())
+    }
+}
+
+/// LayerNorm with `weight` and `bias`.
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+    pub dim: i64,
+}
+
+impl LayerNorm {
+    pub fn new(p: nn::Path, dim: i64, eps: f64) -> LayerNorm {
+        LayerNorm {
+            weight: p.zeros("weight", &[dim]),
+            bias: p.zeros("bias", &[dim]),
+            eps,
+            dim,
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.layer_norm(
+            [self.dim],
+            Some(&self.weight),
+            Some(&self.bias),
+            self.eps,
+            true,
+        )
+    }
+}
+
+/// RMSNorm as in HF Llama: normalise in f32, cast back, scale.
+pub struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn new(p: nn::Path, dim: i64, eps: f64) -> RmsNorm {
+        RmsNorm {
+            weight: p.zeros("weight", &[dim]),
+            eps,
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        let xf = x.to_kind(Kind::Float);
+        let var = xf.square().mean_dim([-1].as_slice(), true, Kind::Float);
+        let normed = xf * (var + self.eps).rsqrt();
+        &self.weight * normed.to_kind(kind)
+    }
+}

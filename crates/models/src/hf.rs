@@ -1,0 +1,322 @@
+//! HF model directories: read `config.json`, pick the architecture, load the
+//! safetensors weights, and the `hf` model plugin (`[model.hf] path = "DIR"`,
+//! or a `.gguf` file, which is imported on the fly).
+
+use std::path::{Path, PathBuf};
+
+use align_core::manifest::InputPath;
+use align_core::registry::{build_from_config, Built, ConfigDeserializer, Constructor};
+use align_core::{ModelContext, ModelSpec, Plugin, PluginError, Policy};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device};
+
+use crate::common::{Activation, CausalModel};
+use crate::error::{ModelError, Result};
+use crate::gpt2::{Gpt2, Gpt2Config};
+use crate::gpt_neox::{GptNeoX, GptNeoXConfig};
+use crate::llama::{Llama, LlamaConfig};
+use crate::tokenizer::TextTokenizer;
+use crate::weights::{DType, Weights};
+
+/// Reads and parses a JSON file; errors name it.
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    if !path.is_file() {
+        return Err(ModelError::NotFound(path.to_path_buf()));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| ModelError::file(path, e.to_string()))?;
+    serde_json::from_str(&text).map_err(|e| ModelError::file(path, format!("invalid: {e}")))
+}
+
+/// RoPE settings in their several HF spellings (transformers 5 nests them in
+/// `rope_parameters`; older configs use `rope_theta`, GPT-NeoX `rotary_emb_base`
+/// and `rotary_pct`).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RopeParameters {
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    #[serde(default)]
+    pub rotary_emb_base: Option<f64>,
+    #[serde(default)]
+    pub rotary_pct: Option<f64>,
+    #[serde(default)]
+    pub partial_rotary_factor: Option<f64>,
+    #[serde(default)]
+    pub rope_parameters: Option<NestedRope>,
+    #[serde(default)]
+    pub rope_scaling: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct NestedRope {
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    #[serde(default)]
+    pub rope_type: Option<String>,
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub partial_rotary_factor: Option<f64>,
+}
+
+impl RopeParameters {
+    pub fn theta(&self, default: f64) -> f64 {
+        self.rope_parameters
+            .as_ref()
+            .and_then(|r| r.rope_theta)
+            .or(self.rope_theta)
+            .or(self.rotary_emb_base)
+            .unwrap_or(default)
+    }
+
+    pub fn partial(&self) -> f64 {
+        self.rope_parameters
+            .as_ref()
+            .and_then(|r| r.partial_rotary_factor)
+            .or(self.partial_rotary_factor)
+            .or(self.rotary_pct)
+            .unwrap_or(1.0)
+    }
+
+    /// Only plain RoPE is implemented; scaled variants are refused rather than
+    /// silently computed wrong.
+    pub fn check(&self, config_path: &Path) -> Result<()> {
+        let nested = self
+            .rope_parameters
+            .as_ref()
+            .and_then(|r| r.rope_type.clone().or(r.kind.clone()));
+        let scaling = self
+            .rope_scaling
+            .as_ref()
+            .filter(|v| !v.is_null())
+            .map(|v| {
+                v.get("rope_type")
+                    .or(v.get("type"))
+                    .and_then(|t| t.as_str())
+                    .unwrap_or("?")
+                    .to_string()
+            });
+        for t in [nested, scaling].into_iter().flatten() {
+            if t != "default" {
+                return Err(ModelError::file(
+                    config_path,
+                    format!("RoPE type `{t}` is not supported (only plain RoPE)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The decoder-only architectures this crate implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    Llama,
+    Gpt2,
+    GptNeoX,
+}
+
+pub const SUPPORTED: &str =
+    "LlamaForCausalLM (llama), GPT2LMHeadModel (gpt2), GPTNeoXForCausalLM (gpt_neox)";
+
+#[derive(Deserialize)]
+struct Sniff {
+    #[serde(default)]
+    architectures: Option<Vec<String>>,
+    #[serde(default)]
+    model_type: Option<String>,
+}
+
+/// Picks the architecture from `config.json`'s `architectures` or `model_type`.
+pub fn architecture(config_path: &Path, config: &serde_json::Value) -> Result<Architecture> {
+    let sniff: Sniff = serde_json::from_value(config.clone())
+        .map_err(|e| ModelError::file(config_path, format!("invalid: {e}")))?;
+    let arch = sniff
+        .architectures
+        .as_ref()
+        .and_then(|a| a.first().cloned());
+    let by_arch = match arch.as_deref() {
+        Some("LlamaForCausalLM") => Some(Architecture::Llama),
+        Some("GPT2LMHeadModel") => Some(Architecture::Gpt2),
+        Some("GPTNeoXForCausalLM") => Some(Architecture::GptNeoX),
+        _ => None,
+    };
+    let by_type = match sniff.model_type.as_deref() {
+        Some("llama") => Some(Architecture::Llama),
+        Some("gpt2") => Some(Architecture::Gpt2),
+        Some("gpt_neox") => Some(Architecture::GptNeoX),
+        _ => None,
+    };
+    by_arch.or(by_type).ok_or_else(|| ModelError::Unsupported {
+        path: config_path.to_path_buf(),
+        arch: arch
+            .or(sniff.model_type)
+            .unwrap_or_else(|| "(no `architectures` or `model_type`)".into()),
+        supported: SUPPORTED.into(),
+    })
+}
+
+fn parse<T: DeserializeOwned>(path: &Path, config: &serde_json::Value) -> Result<T> {
+    serde_json::from_value(config.clone())
+        .map_err(|e| ModelError::file(path, format!("invalid config: {e}")))
+}
+
+fn activation(path: &Path, name: &str) -> Result<Activation> {
+    Activation::from_hf(name)
+        .ok_or_else(|| ModelError::file(path, format!("unsupported activation `{name}`")))
+}
+
+/// Builds a decoder-only model from a parsed `config.json` and loads `weights`
+/// into it; the parameters end up in `dtype` on `device`.
+pub fn build_causal(
+    config_path: &Path,
+    config: &serde_json::Value,
+    weights: &Weights,
+    dtype: DType,
+    device: Device,
+) -> Result<(Box<dyn Policy>, Architecture)> {
+    let arch = architecture(config_path, config)?;
+    let mut vs = nn::VarStore::new(device);
+    let policy: Box<dyn Policy> = match arch {
+        Architecture::Llama => {
+            let cfg: LlamaConfig = parse(config_path, config)?;
+            cfg.rope.check(config_path)?;
+            let act = activation(config_path, &cfg.hidden_act)?;
+            let model = Llama::new(vs.root(), &cfg, act, cfg.rope.theta(10_000.0));
+            weights.load_into(&vs, &[])?;
+            vs.set_kind(dtype.kind());
+            Box::new(CausalModel {
+                vs,
+                model,
+                vocab: cfg.vocab_size,
+            })
+        }
+        Architecture::Gpt2 => {
+            let cfg: Gpt2Config = parse(config_path, config)?;
+            let act = activation(config_path, &cfg.activation_function)?;
+            let model = Gpt2::new(vs.root(), &cfg, act);
+            weights.load_into(&vs, &["transformer."])?;
+            vs.set_kind(dtype.kind());
+            Box::new(CausalModel {
+                vs,
+                model,
+                vocab: cfg.vocab_size,
+            })
+        }
+        Architecture::GptNeoX => {
+            let cfg: GptNeoXConfig = parse(config_path, config)?;
+            cfg.rope.check(config_path)?;
+            let act = activation(config_path, &cfg.hidden_act)?;
+            let model = GptNeoX::new(
+                vs.root(),
+                &cfg,
+                act,
+                cfg.rope.theta(10_000.0),
+                cfg.rope.partial(),
+            );
+            weights.load_into(&vs, &[])?;
+            vs.set_kind(dtype.kind());
+            Box::new(CausalModel {
+                vs,
+                model,
+                vocab: cfg.vocab_size,
+            })
+        }
+    };
+    Ok((policy, arch))
+}
+
+/// A loaded language model and its tokenizer.
+pub struct LanguageModel {
+    pub policy: Box<dyn Policy>,
+    /// `None` when the directory has no `tokenizer.json`.
+    pub tokenizer: Option<TextTokenizer>,
+    pub architecture: Architecture,
+    pub source: PathBuf,
+}
+
+/// Loads an HF directory (`config.json`, safetensors, `tokenizer.json`) or a
+/// `.gguf` file.
+pub fn load(path: &Path, dtype: DType, device: Device) -> Result<LanguageModel> {
+    if path.is_file() && path.extension().is_some_and(|e| e == "gguf") {
+        return crate::gguf::load(path, dtype, device);
+    }
+    if !path.exists() {
+        return Err(ModelError::NotFound(path.to_path_buf()));
+    }
+    if !path.is_dir() {
+        return Err(ModelError::file(
+            path,
+            "expected an HF model directory or a .gguf file",
+        ));
+    }
+    let config_path = path.join("config.json");
+    let config: serde_json::Value = read_json(&config_path)?;
+    // Check the architecture before reading (possibly large) weights.
+    architecture(&config_path, &config)?;
+    let weights = Weights::from_dir(path)?;
+    let (policy, architecture) = build_causal(&config_path, &config, &weights, dtype, device)?;
+    let tokenizer = if path.join("tokenizer.json").is_file() {
+        Some(TextTokenizer::from_dir(path, policy.vocab_size())?)
+    } else {
+        None
+    };
+    Ok(LanguageModel {
+        policy,
+        tokenizer,
+        architecture,
+        source: path.to_path_buf(),
+    })
+}
+
+/// `[model.hf]`: a pretrained transformer LM.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HfModelConfig {
+    /// An HF model directory, or a `.gguf` file (Llama).
+    pub path: InputPath,
+    /// Parameter dtype: "f32" (default), "bf16" or "f16".
+    #[serde(default)]
+    pub dtype: DType,
+}
+
+pub struct HfSpec(HfModelConfig);
+
+impl ModelSpec for HfSpec {
+    fn build(&self, ctx: &ModelContext) -> anyhow::Result<Box<dyn Policy>> {
+        let lm = load(&self.0.path.0, self.0.dtype, ctx.device)?;
+        if let Some(task_vocab) = ctx.vocab_size {
+            anyhow::ensure!(
+                task_vocab <= lm.policy.vocab_size(),
+                "{}: the task's vocabulary ({task_vocab}) is larger than the model's ({})",
+                self.0.path.0.display(),
+                lm.policy.vocab_size()
+            );
+        }
+        Ok(lm.policy)
+    }
+}
+
+fn construct(de: ConfigDeserializer) -> std::result::Result<Built<dyn ModelSpec>, PluginError> {
+    build_from_config(de, |c: &HfModelConfig| {
+        let p = &c.path.0;
+        if p.is_file() && p.extension().is_none_or(|e| e != "gguf") {
+            return Err(PluginError::invalid(
+                "path",
+                format!(
+                    "{} is a file; give an HF model directory or a .gguf file",
+                    p.display()
+                ),
+            ));
+        }
+        Ok(Box::new(HfSpec(c.clone())) as Box<dyn ModelSpec>)
+    })
+}
+
+align_core::inventory::submit! {
+    Plugin {
+        name: "hf",
+        description: "pretrained transformer LM: HF directory (Llama, GPT-2, GPT-NeoX; safetensors) or Llama GGUF",
+        constructor: Constructor::Model(construct),
+    }
+}

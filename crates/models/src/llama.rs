@@ -1,0 +1,183 @@
+//! Llama (and the models that share its layout: SmolLM2, Llama-2/3 without
+//! rope scaling, TinyLlama, Mistral without sliding windows): RMSNorm, RoPE
+//! with a configurable base, grouped-query attention, SwiGLU MLP, tied or
+//! untied embeddings. Parameter paths equal HF's safetensors keys.
+
+use serde::Deserialize;
+use tch::{nn, Tensor};
+
+use crate::common::{attention, split_heads, Activation, CausalLm, KvCache, Linear, RmsNorm, Rope};
+use crate::hf::RopeParameters;
+
+/// The `config.json` keys Llama reads (others are ignored).
+#[derive(Debug, Clone, Deserialize)]
+pub struct LlamaConfig {
+    pub vocab_size: i64,
+    pub hidden_size: i64,
+    pub intermediate_size: i64,
+    pub num_hidden_layers: i64,
+    pub num_attention_heads: i64,
+    #[serde(default)]
+    pub num_key_value_heads: Option<i64>,
+    #[serde(default)]
+    pub head_dim: Option<i64>,
+    #[serde(default = "default_rms_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(flatten)]
+    pub rope: RopeParameters,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub mlp_bias: bool,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+}
+
+fn default_rms_eps() -> f64 {
+    1e-6
+}
+
+fn default_act() -> String {
+    "silu".into()
+}
+
+impl LlamaConfig {
+    pub fn kv_heads(&self) -> i64 {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    pub fn head_dim(&self) -> i64 {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+}
+
+struct Layer {
+    input_layernorm: RmsNorm,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    post_attention_layernorm: RmsNorm,
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+pub struct Llama {
+    embed_tokens: Tensor,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    /// `None` when tied to `embed_tokens`.
+    lm_head: Option<Tensor>,
+    heads: i64,
+    kv_heads: i64,
+    head_dim: i64,
+    act: Activation,
+    rope: Rope,
+}
+
+impl Llama {
+    /// Declares every parameter under `root` (zeros; load weights afterwards).
+    pub fn new(root: nn::Path, cfg: &LlamaConfig, act: Activation, theta: f64) -> Llama {
+        let (h, hd) = (cfg.hidden_size, cfg.head_dim());
+        let (nh, nkv) = (cfg.num_attention_heads, cfg.kv_heads());
+        let model = root.sub("model");
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| {
+                let p = model.sub("layers").sub(i);
+                let attn = p.sub("self_attn");
+                let mlp = p.sub("mlp");
+                let ab = cfg.attention_bias;
+                Layer {
+                    input_layernorm: RmsNorm::new(p.sub("input_layernorm"), h, cfg.rms_norm_eps),
+                    q_proj: Linear::new(attn.sub("q_proj"), h, nh * hd, ab),
+                    k_proj: Linear::new(attn.sub("k_proj"), h, nkv * hd, ab),
+                    v_proj: Linear::new(attn.sub("v_proj"), h, nkv * hd, ab),
+                    o_proj: Linear::new(attn.sub("o_proj"), nh * hd, h, ab),
+                    post_attention_layernorm: RmsNorm::new(
+                        p.sub("post_attention_layernorm"),
+                        h,
+                        cfg.rms_norm_eps,
+                    ),
+                    gate_proj: Linear::new(
+                        mlp.sub("gate_proj"),
+                        h,
+                        cfg.intermediate_size,
+                        cfg.mlp_bias,
+                    ),
+                    up_proj: Linear::new(
+                        mlp.sub("up_proj"),
+                        h,
+                        cfg.intermediate_size,
+                        cfg.mlp_bias,
+                    ),
+                    down_proj: Linear::new(
+                        mlp.sub("down_proj"),
+                        cfg.intermediate_size,
+                        h,
+                        cfg.mlp_bias,
+                    ),
+                }
+            })
+            .collect();
+        let embed_tokens = model
+            .sub("embed_tokens")
+            .zeros("weight", &[cfg.vocab_size, h]);
+        let lm_head = (!cfg.tie_word_embeddings)
+            .then(|| root.sub("lm_head").zeros("weight", &[cfg.vocab_size, h]));
+        Llama {
+            embed_tokens,
+            layers,
+            norm: RmsNorm::new(model.sub("norm"), h, cfg.rms_norm_eps),
+            lm_head,
+            heads: nh,
+            kv_heads: nkv,
+            head_dim: hd,
+            act,
+            rope: Rope::new(hd, theta, root.device()),
+        }
+    }
+}
+
+impl CausalLm for Llama {
+    fn hidden(
+        &self,
+        input_ids: &Tensor,
+        position_ids: &Tensor,
+        mask: &Tensor,
+        mut cache: Option<&mut KvCache>,
+    ) -> Tensor {
+        let (cos, sin) = self.rope.cos_sin(position_ids); // [B, 1, T, D]
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let mut x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false); // [B, T, H]
+        for (i, l) in self.layers.iter().enumerate() {
+            let h = l.input_layernorm.forward(&x);
+            let q = split_heads(&l.q_proj.forward(&h), self.heads); // [B, nh, T, D]
+            let k = split_heads(&l.k_proj.forward(&h), self.kv_heads);
+            let v = split_heads(&l.v_proj.forward(&h), self.kv_heads);
+            let q = Rope::apply(&q, &cos, &sin);
+            let k = Rope::apply(&k, &cos, &sin);
+            let (k, v) = match cache.as_deref_mut() {
+                Some(c) => c.append(i, &k, &v),
+                None => (k, v),
+            };
+            let a = attention(&q, &k, &v, mask, scale); // [B, T, nh·D]
+            x = x + l.o_proj.forward(&a);
+            let h = l.post_attention_layernorm.forward(&x);
+            let gate = self.act.apply(&l.gate_proj.forward(&h));
+            x = x + l.down_proj.forward(&(gate * l.up_proj.forward(&h)));
+        }
+        self.norm.forward(&x)
+    }
+
+    fn logits(&self, hidden: &Tensor) -> Tensor {
+        hidden.linear::<&Tensor>(self.lm_head.as_ref().unwrap_or(&self.embed_tokens), None)
+    }
+
+    fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+}

@@ -1,0 +1,50 @@
+//! Helpers shared by the models crate's integration tests.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use tch::{Kind, Tensor};
+
+/// `tests/fixtures/NAME` at the workspace root.
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
+}
+
+/// The tensors of `tests/fixtures/NAME/expected.safetensors`.
+pub fn expected(name: &str) -> HashMap<String, Tensor> {
+    Tensor::read_safetensors(fixture(name).join("expected.safetensors"))
+        .expect("fixture expected.safetensors")
+        .into_iter()
+        .collect()
+}
+
+/// `tests/fixtures/NAME/expected.json`.
+pub fn expected_json(name: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(fixture(name).join("expected.json")).expect("expected.json");
+    serde_json::from_str(&text).expect("valid JSON")
+}
+
+/// Asserts `got` ≈ `want` elementwise where `keep` (broadcast) is true:
+/// |got − want| ≤ rtol·|want| + atol.
+pub fn assert_close(got: &Tensor, want: &Tensor, keep: &Tensor, rtol: f64, atol: f64, what: &str) {
+    let got = got.to_kind(Kind::Double);
+    let want = want.to_kind(Kind::Double);
+    assert_eq!(got.size(), want.size(), "{what}: shapes differ");
+    let keep = keep.broadcast_to(got.size().as_slice());
+    let err = (&got - &want).abs();
+    let bound = want.abs() * rtol + atol;
+    let bad = err.gt_tensor(&bound).logical_and(&keep);
+    let n_bad = bad.sum(Kind::Int64).int64_value(&[]);
+    let worst = (err / want.abs().clamp_min(1e-12))
+        .masked_fill(&keep.logical_not(), 0.0)
+        .max()
+        .double_value(&[]);
+    let scale = want.abs().max().double_value(&[]);
+    assert_eq!(
+        n_bad, 0,
+        "{what}: {n_bad} elements outside rtol {rtol} + atol {atol} (max relative error {worst:e}, max |want| {scale})"
+    );
+}
