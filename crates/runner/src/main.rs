@@ -8,6 +8,8 @@ use align_core::manifest::Manifest;
 use align_core::registry::Registry;
 use clap::{Parser, Subcommand};
 
+mod lm;
+
 #[derive(Parser)]
 #[command(
     name = "runner",
@@ -35,14 +37,35 @@ struct Cli {
 enum Command {
     /// List every registered plugin by kind.
     List,
+    /// Score completions: one `{"logprob", "tokens"}` JSON line per input line.
+    Logprobs(lm::LogprobsArgs),
+    /// Sample completions with their log-densities into a JSONL file.
+    Sample(lm::SampleArgs),
+    /// Sampling throughput (tokens/s) of a model.
+    Bench(lm::BenchArgs),
 }
 
 fn main() -> ExitCode {
     runner::link_plugins();
     let cli = Cli::parse();
-    if let Some(Command::List) = cli.command {
-        print!("{}", Registry::global().listing());
-        return ExitCode::SUCCESS;
+    let lm_result = match &cli.command {
+        Some(Command::List) => {
+            print!("{}", Registry::global().listing());
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Logprobs(a)) => Some(lm::logprobs(a, &mut std::io::stdout().lock())),
+        Some(Command::Sample(a)) => Some(lm::sample_cmd(a)),
+        Some(Command::Bench(a)) => Some(lm::bench(a)),
+        None => None,
+    };
+    if let Some(result) = lm_result {
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let Some(path) = cli.manifest else {
         eprintln!("error: give a manifest, e.g. `runner experiments/exact.toml`, or `runner list`");

@@ -1,0 +1,623 @@
+//! `runner logprobs`, `runner sample` and `runner bench`: score and sample
+//! pretrained language models (an HF directory or a Llama `.gguf` file).
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use align_core::logprob::sequence_logprobs;
+use align_core::sampling::{sample, SampleBatch};
+use align_core::task::Prompt;
+use align_core::SamplingConfig;
+use align_models::tokenizer::{ChatMessage, TextTokenizer};
+use align_models::{DType, LanguageModel};
+use anyhow::{bail, Context};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+/// Where the model runs and in what precision.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// HF model directory (config.json, safetensors, tokenizer.json) or a Llama .gguf file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Parameter dtype: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: DType,
+    /// auto (CUDA when present), cpu or cuda.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// LibTorch intra-op threads (default: LibTorch's choice).
+    #[arg(long)]
+    pub threads: Option<i32>,
+}
+
+impl ModelArgs {
+    fn load(&self) -> anyhow::Result<(LanguageModel, Device)> {
+        if let Some(t) = self.threads {
+            tch::set_num_threads(t);
+        }
+        let device = match self.device.as_str() {
+            "auto" => Device::cuda_if_available(),
+            "cpu" => Device::Cpu,
+            "cuda" if tch::Cuda::is_available() => Device::Cuda(0),
+            "cuda" => bail!("--device cuda: LibTorch sees no CUDA device"),
+            other => bail!("--device `{other}`: use auto, cpu or cuda"),
+        };
+        let lm = align_models::load(&self.model, self.dtype, device)?;
+        Ok((lm, device))
+    }
+}
+
+fn tokenizer(lm: &LanguageModel) -> anyhow::Result<&TextTokenizer> {
+    lm.tokenizer.as_ref().with_context(|| {
+        format!(
+            "{}: no tokenizer.json (needed to turn text into tokens)",
+            lm.source.display()
+        )
+    })
+}
+
+/// Reads a JSONL file into `T`s; errors name the file and line.
+fn read_jsonl<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<Vec<T>> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("{}:{}: cannot read", path.display(), i + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        out.push(
+            serde_json::from_str(&line)
+                .with_context(|| format!("{}:{}: bad JSON line", path.display(), i + 1))?,
+        );
+    }
+    Ok(out)
+}
+
+#[derive(Args, Debug)]
+pub struct LogprobsArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// JSONL, one `{"prompt": str, "completion": str}` per line.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Sequences per forward pass.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PairLine {
+    prompt: String,
+    completion: String,
+}
+
+#[derive(Serialize)]
+struct LogprobLine {
+    logprob: f64,
+    tokens: usize,
+}
+
+/// `log p(completion | prompt)` per line: the prompt is tokenised with the
+/// tokenizer's usual special tokens, the completion without any, and the
+/// completion ids are appended to the prompt's.
+pub fn logprobs(args: &LogprobsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let lines: Vec<PairLine> = read_jsonl(&args.input)?;
+    let (lm, device) = args.model.load()?;
+    let tok = tokenizer(&lm)?;
+    let _guard = tch::no_grad_guard();
+    let mut rows = Vec::with_capacity(lines.len());
+    for (i, l) in lines.iter().enumerate() {
+        let p = tok.encode(&l.prompt, true)?;
+        let c = tok.encode(&l.completion, false)?;
+        if p.is_empty() && !c.is_empty() {
+            bail!(
+                "{}:{}: the prompt has no tokens, so the first completion token has no context to be scored in",
+                args.input.display(),
+                i + 1
+            );
+        }
+        rows.push((p, c));
+    }
+    for chunk in rows.chunks(args.batch_size.max(1)) {
+        let t = chunk
+            .iter()
+            .map(|(p, c)| p.len() + c.len())
+            .max()
+            .unwrap_or(0);
+        if t < 2 {
+            for (_, c) in chunk {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string(&LogprobLine {
+                        logprob: 0.0,
+                        tokens: c.len()
+                    })?
+                )?;
+            }
+            continue;
+        }
+        let (mut ids, mut mask, mut cmask) = (Vec::new(), Vec::new(), Vec::new());
+        for (p, c) in chunk {
+            let pad = t - p.len() - c.len();
+            ids.extend(
+                p.iter()
+                    .chain(c)
+                    .copied()
+                    .chain(std::iter::repeat_n(0, pad)),
+            );
+            mask.extend(
+                std::iter::repeat_n(1i64, p.len() + c.len()).chain(std::iter::repeat_n(0, pad)),
+            );
+            cmask.extend(
+                std::iter::repeat_n(0i64, p.len())
+                    .chain(std::iter::repeat_n(1, c.len()))
+                    .chain(std::iter::repeat_n(0, pad)),
+            );
+        }
+        let shape = [chunk.len() as i64, t as i64];
+        let to = |v: &[i64]| Tensor::from_slice(v).view(shape).to_device(device);
+        let (ids, mask, cmask) = (to(&ids), to(&mask), to(&cmask));
+        let logits = lm.policy.forward(&ids, &mask);
+        let lp = Vec::<f64>::try_from(
+            sequence_logprobs(&logits, &ids, &cmask)
+                .to_kind(Kind::Double)
+                .to_device(Device::Cpu),
+        )?;
+        for ((_, c), lp) in chunk.iter().zip(lp) {
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string(&LogprobLine {
+                    logprob: lp,
+                    tokens: c.len()
+                })?
+            )?;
+        }
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct SampleArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// JSONL, one `{"prompt": str}` per line.
+    #[arg(long)]
+    pub prompts: PathBuf,
+    /// Samples per prompt.
+    #[arg(long, default_value_t = 1)]
+    pub n: i64,
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: i64,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    #[arg(long)]
+    pub top_k: Option<i64>,
+    #[arg(long)]
+    pub top_p: Option<f64>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output JSONL, one line per sample.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Wrap each prompt as a user turn with the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    /// Always generate max_new_tokens (do not stop at EOS).
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Prompts per sampling call (each call holds prompts × n rows).
+    #[arg(long, default_value_t = 1)]
+    pub prompts_per_batch: usize,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromptLine {
+    prompt: String,
+}
+
+#[derive(Serialize)]
+struct SampleLine<'a> {
+    prompt_index: usize,
+    sample_index: usize,
+    prompt: &'a str,
+    completion: String,
+    token_ids: Vec<i64>,
+    /// Completion tokens, EOS included.
+    tokens: usize,
+    /// Stopped at EOS (rather than at max_new_tokens).
+    finished: bool,
+    /// log-density under the exact sampling distribution (after temperature/top-k/top-p).
+    proposal_logp: f64,
+    /// log-density under the unmodified model.
+    model_logp: f64,
+}
+
+/// Prompt ids for `text`: chat-formatted, or with the usual special tokens.
+fn prompt_ids(tok: &TextTokenizer, text: &str, chat: bool) -> anyhow::Result<Vec<i64>> {
+    Ok(if chat {
+        tok.encode_chat(&[ChatMessage::user(text)])?
+    } else {
+        tok.encode(text, true)?
+    })
+}
+
+/// Per-row completion ids (EOS included) of a sampled batch.
+fn completions(batch: &SampleBatch) -> anyhow::Result<Vec<Vec<i64>>> {
+    let ids = Vec::<Vec<i64>>::try_from(batch.input_ids.to_device(Device::Cpu))?;
+    let cm = Vec::<Vec<i64>>::try_from(batch.completion_mask.to_device(Device::Cpu))?;
+    Ok(ids
+        .into_iter()
+        .zip(cm)
+        .map(|(row, m)| {
+            row.into_iter()
+                .zip(m)
+                .filter(|(_, m)| *m == 1)
+                .map(|(t, _)| t)
+                .collect()
+        })
+        .collect())
+}
+
+pub fn sample_cmd(args: &SampleArgs) -> anyhow::Result<()> {
+    let config = SamplingConfig {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+    };
+    if let Err((key, msg)) = config.validate() {
+        bail!("--{}: {msg}", key.replace('_', "-"));
+    }
+    if args.n < 1 || args.max_new_tokens < 1 {
+        bail!("--n and --max-new-tokens must be ≥ 1");
+    }
+    let lines: Vec<PromptLine> = read_jsonl(&args.prompts)?;
+    let (lm, _) = args.model.load()?;
+    let tok = tokenizer(&lm)?;
+    let eos = if args.ignore_eos {
+        None
+    } else {
+        tok.eos_token_id()
+    };
+    let prompts = lines
+        .iter()
+        .map(|l| {
+            Ok(Prompt {
+                ids: prompt_ids(tok, &l.prompt, args.chat)?,
+                text: Some(l.prompt.clone()),
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if let Some(i) = prompts.iter().position(|p| p.ids.is_empty()) {
+        bail!(
+            "{}:{}: the prompt has no tokens",
+            args.prompts.display(),
+            i + 1
+        );
+    }
+    let tmp = args.out.with_extension("jsonl.partial");
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?,
+    );
+    let bar = if args.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new((prompts.len() as u64) * args.n as u64)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} samples  {elapsed_precise}  {msg}",
+        )
+        .expect("valid template"),
+    );
+    let start = Instant::now();
+    let mut new_tokens = 0usize;
+    let per = args.prompts_per_batch.max(1);
+    for (c, chunk) in prompts.chunks(per).enumerate() {
+        let seed = args.seed.wrapping_add(c as u64);
+        let batch = sample(
+            lm.policy.as_ref(),
+            chunk,
+            args.n,
+            args.max_new_tokens,
+            eos,
+            &config,
+            seed,
+        );
+        let proposal = Vec::<f64>::try_from(
+            batch
+                .proposal_logp
+                .to_kind(Kind::Double)
+                .to_device(Device::Cpu),
+        )?;
+        let model = Vec::<f64>::try_from(
+            batch
+                .model_logp
+                .to_kind(Kind::Double)
+                .to_device(Device::Cpu),
+        )?;
+        for (row, ids) in completions(&batch)?.into_iter().enumerate() {
+            let p = batch.prompt_index[row];
+            let finished = eos.is_some() && ids.last().copied() == eos;
+            let text_ids = if finished {
+                &ids[..ids.len() - 1]
+            } else {
+                &ids[..]
+            };
+            new_tokens += ids.len();
+            let line = SampleLine {
+                prompt_index: c * per + p,
+                sample_index: row % args.n as usize,
+                prompt: &lines[c * per + p].prompt,
+                completion: tok.decode(text_ids, false)?,
+                tokens: ids.len(),
+                token_ids: ids,
+                finished,
+                proposal_logp: proposal[row],
+                model_logp: model[row],
+            };
+            writeln!(out, "{}", serde_json::to_string(&line)?)?;
+        }
+        bar.inc(batch.len() as u64);
+        bar.set_message(format!(
+            "{:.1} tokens/s",
+            new_tokens as f64 / start.elapsed().as_secs_f64()
+        ));
+    }
+    bar.finish_and_clear();
+    out.flush()?;
+    drop(out);
+    std::fs::rename(&tmp, &args.out)
+        .with_context(|| format!("{}: cannot write", args.out.display()))?;
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "sampled {} completions, {new_tokens} new tokens in {secs:.2} s: {:.1} tokens/s → {}",
+        prompts.len() * args.n as usize,
+        new_tokens as f64 / secs,
+        args.out.display()
+    );
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Rows sampled together (one prompt, n = batch).
+    #[arg(long, default_value_t = 16)]
+    pub batch: i64,
+    #[arg(long, default_value_t = 64)]
+    pub new_tokens: i64,
+    #[arg(long, default_value = "What is the capital of France?")]
+    pub prompt: String,
+    /// Wrap the prompt with the chat template.
+    #[arg(long)]
+    pub chat: bool,
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    /// Timed repetitions after one warm-up run; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+}
+
+/// Sampling throughput: `batch` rows × `new_tokens` tokens (EOS ignored), as
+/// one JSON line `{"tokens_per_s": …, …}` on stdout.
+pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    let (lm, device) = args.model.load()?;
+    let tok = tokenizer(&lm)?;
+    let prompt = Prompt {
+        ids: prompt_ids(tok, &args.prompt, args.chat)?,
+        text: None,
+    };
+    let config = SamplingConfig {
+        temperature: args.temperature,
+        ..Default::default()
+    };
+    let run = |seed| {
+        let start = Instant::now();
+        let batch = sample(
+            lm.policy.as_ref(),
+            std::slice::from_ref(&prompt),
+            args.batch,
+            args.new_tokens,
+            None,
+            &config,
+            seed,
+        );
+        let tokens = batch.completion_mask.sum(Kind::Int64).int64_value(&[]);
+        (tokens as f64, start.elapsed().as_secs_f64())
+    };
+    run(0); // warm-up
+    let mut rates: Vec<f64> = (1..=args.repeats.max(1) as u64)
+        .map(|s| {
+            let (tokens, secs) = run(s);
+            tokens / secs
+        })
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    let median = rates[rates.len() / 2];
+    println!(
+        "{}",
+        serde_json::json!({
+            "impl": "brain-rs",
+            "model": args.model.model.display().to_string(),
+            "device": format!("{device:?}"),
+            "dtype": format!("{:?}", args.model.dtype),
+            "threads": tch::get_num_threads(),
+            "batch": args.batch,
+            "new_tokens": args.new_tokens,
+            "prompt_tokens": prompt.ids.len(),
+            "tokens_per_s": median,
+            "runs_tokens_per_s": rates,
+        })
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures")
+            .join(name)
+    }
+
+    fn model(name: &str) -> ModelArgs {
+        ModelArgs {
+            model: fixture(name),
+            dtype: DType::F32,
+            device: "cpu".into(),
+            threads: None,
+        }
+    }
+
+    /// `runner logprobs` reproduces transformers 5.24.0's sequence log-probs of
+    /// the pairs in each fixture's expected.json (prompt with special tokens,
+    /// completion without, concatenated), batched with right padding.
+    #[test]
+    fn logprobs_match_transformers() {
+        for name in [
+            "tiny-llama",
+            "tiny-llama-tied",
+            "tiny-gpt2",
+            "tiny-gpt-neox",
+        ] {
+            let meta: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(fixture(name).join("expected.json")).unwrap(),
+            )
+            .unwrap();
+            let pairs = meta["pairs"].as_array().unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let input = dir.path().join("in.jsonl");
+            let text: String = pairs
+                .iter()
+                .map(|p| {
+                    serde_json::json!({"prompt": p["prompt"], "completion": p["completion"]})
+                        .to_string()
+                        + "\n"
+                })
+                .collect();
+            std::fs::write(&input, text).unwrap();
+            let mut out = Vec::new();
+            let args = LogprobsArgs {
+                model: model(name),
+                input,
+                batch_size: 2,
+            };
+            logprobs(&args, &mut out).unwrap();
+            let lines: Vec<serde_json::Value> = String::from_utf8(out)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            assert_eq!(lines.len(), pairs.len());
+            for (got, want) in lines.iter().zip(pairs) {
+                let (g, w) = (
+                    got["logprob"].as_f64().unwrap(),
+                    want["logprob"].as_f64().unwrap(),
+                );
+                assert!(
+                    (g - w).abs() <= 1e-4 * w.abs(),
+                    "{name}: {g} vs transformers {w}"
+                );
+                assert_eq!(got["tokens"], want["tokens"], "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn sample_writes_one_line_per_sample_with_logprobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let prompts = dir.path().join("prompts.jsonl");
+        std::fs::write(
+            &prompts,
+            "{\"prompt\": \"Hello\"}\n\n{\"prompt\": \"The quick brown fox\"}\n",
+        )
+        .unwrap();
+        let out = dir.path().join("samples.jsonl");
+        let args = SampleArgs {
+            model: model("tiny-llama"),
+            prompts,
+            n: 3,
+            max_new_tokens: 6,
+            temperature: 0.7,
+            top_k: Some(40),
+            top_p: Some(0.9),
+            seed: 5,
+            out: out.clone(),
+            chat: true,
+            ignore_eos: false,
+            prompts_per_batch: 2,
+            quiet: true,
+        };
+        sample_cmd(&args).unwrap();
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 6);
+        for (i, l) in lines.iter().enumerate() {
+            assert_eq!(l["prompt_index"], i / 3);
+            assert_eq!(l["sample_index"], i % 3);
+            let n = l["tokens"].as_u64().unwrap();
+            assert!((1..=6).contains(&n));
+            assert_eq!(l["token_ids"].as_array().unwrap().len() as u64, n);
+            // Filtering and temperature < 1 concentrate mass: q(y) ≥ p(y).
+            assert!(
+                l["proposal_logp"].as_f64().unwrap() >= l["model_logp"].as_f64().unwrap() - 1e-4
+            );
+        }
+        // Same seed, same file.
+        let first = std::fs::read_to_string(&out).unwrap();
+        sample_cmd(&args).unwrap();
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), first);
+    }
+
+    #[test]
+    fn bad_inputs_name_the_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.jsonl");
+        std::fs::write(
+            &input,
+            "{\"prompt\": \"a\", \"completion\": \"b\"}\n{\"prompt\": 3}\n",
+        )
+        .unwrap();
+        let args = LogprobsArgs {
+            model: model("tiny-llama"),
+            input: input.clone(),
+            batch_size: 2,
+        };
+        let err = logprobs(&args, &mut Vec::new()).unwrap_err();
+        assert!(
+            format!("{err:#}").starts_with(&format!("{}:2: bad JSON line", input.display())),
+            "{err:#}"
+        );
+        let args = LogprobsArgs {
+            model: ModelArgs {
+                model: dir.path().join("missing"),
+                ..model("tiny-llama")
+            },
+            input: fixture("tiny-llama").join("nothing.jsonl"),
+            batch_size: 2,
+        };
+        let err = logprobs(&args, &mut Vec::new()).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("nothing.jsonl: cannot open"),
+            "{err:#}"
+        );
+    }
+}
