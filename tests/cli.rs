@@ -155,3 +155,33 @@ fn set_overrides_values_and_reports_bad_paths() {
     let resolved = std::fs::read_to_string(dir.path().join("o/manifest.resolved.toml")).unwrap();
     assert!(resolved.contains("steps = 2"), "{resolved}");
 }
+
+#[test]
+fn invalid_dpo_beta_names_the_key() {
+    let (code, stderr) = run_manifest(&GOOD.replace(
+        "[runs.estimator.brain]\nn = 4",
+        "[runs.estimator.dpo]\nbeta = 0.0",
+    ));
+    assert_eq!(code, 2);
+    insta::assert_snapshot!(stderr);
+}
+
+#[test]
+fn rso_cannot_accept_more_than_it_draws() {
+    let (code, stderr) = run_manifest(&GOOD.replace(
+        "[runs.estimator.brain]\nn = 4",
+        "[runs.estimator.rso]\ncandidates = 4\naccepted = 8",
+    ));
+    assert_eq!(code, 2);
+    insta::assert_snapshot!(stderr);
+}
+
+#[test]
+fn invalid_run_sampling_names_the_key() {
+    let (code, stderr) = run_manifest(&GOOD.replace(
+        "name = \"brain\"",
+        "name = \"brain\"\nsampling = { top_p = 1.5 }",
+    ));
+    assert_eq!(code, 2);
+    insta::assert_snapshot!(stderr);
+}

@@ -56,3 +56,46 @@ fn brain_approaches_the_exact_posterior_and_runs_reproduce() {
     let steps_b = std::fs::read_to_string(dir.path().join("b/steps/brain.csv")).unwrap();
     assert_eq!(steps_a, steps_b);
 }
+
+/// RSO and SLiC-HF go through the same loop: RSO trains on its accepted
+/// samples, which have higher reward than the candidates they came from, and
+/// SLiC-HF receives the reference log-probs it regularises with.
+#[test]
+fn every_estimator_trains_through_the_loop() {
+    runner::link_plugins();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments/estimators.toml");
+    let manifest = Manifest::load(
+        &path,
+        &["train.steps=30".into(), "train.eval_every=0".into()],
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let outcome = runner::run(&manifest, dir.path(), false).unwrap();
+    assert_eq!(outcome.rows.len(), 2 + manifest.runs.len());
+    let steps = std::fs::read_to_string(dir.path().join("steps/rso.csv")).unwrap();
+    let mut reader = csv::Reader::from_reader(steps.as_bytes());
+    let header = reader.headers().unwrap().clone();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| h == name)
+            .unwrap_or_else(|| panic!("no column {name}"))
+    };
+    let (accepted, all) = (col("accepted_reward_mean"), col("reward_mean"));
+    let (mut gain, mut rows) = (0.0, 0.0);
+    for record in reader.records() {
+        let r = record.unwrap();
+        gain += r[accepted].parse::<f64>().unwrap() - r[all].parse::<f64>().unwrap();
+        rows += 1.0;
+    }
+    assert!(
+        gain / rows > 0.2,
+        "accepted samples should out-score the candidates; mean gain {}",
+        gain / rows
+    );
+    let slic = std::fs::read_to_string(dir.path().join("steps/slic-hf.csv")).unwrap();
+    assert!(
+        slic.lines().next().unwrap().contains("reference_nll"),
+        "{slic}"
+    );
+}

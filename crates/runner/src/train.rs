@@ -26,9 +26,12 @@ pub struct Setup<'a> {
 /// Per-step metrics: `(step, metrics)`; evaluation metrics appear on eval steps.
 pub type StepLog = Vec<(usize, Metrics)>;
 
-/// A seed for `(manifest seed, run, step)`, independent of the order runs execute in.
-pub fn step_seed(seed: u64, run: &str, step: usize) -> u64 {
-    let h = run.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+/// The seed of one use (`"sample"`, `"shuffle"`, …) at one step. It depends
+/// on the manifest seed, never on the run, so every run of a manifest sees the
+/// same random numbers (common random numbers: runs that share a proposal
+/// train on the same samples, and differences between rows are the methods').
+pub fn step_seed(seed: u64, purpose: &str, step: usize) -> u64 {
+    let h = purpose.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
     });
     seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ h ^ (step as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93)
@@ -55,8 +58,7 @@ pub fn train(
         .min(prompts.len());
     let mut order: Vec<usize> = (0..prompts.len()).collect();
     let mut cursor = prompts.len(); // forces a shuffle on the first step
-    let mut shuffle_rng =
-        ChaCha8Rng::seed_from_u64(step_seed(s.manifest.seed, &s.run.name, usize::MAX));
+    let mut shuffle_rng = ChaCha8Rng::seed_from_u64(step_seed(s.manifest.seed, "shuffle", 0));
     let mut proposal: Option<Box<dyn Policy>> = None; // None: sample from the prior
     let bar = progress_bar(progress, s.run.steps as u64, &s.run.name);
     let mut log = StepLog::new();
@@ -107,7 +109,7 @@ pub fn train(
         let batch_prompts: Vec<Prompt> = batch_index.iter().map(|&i| prompts[i].clone()).collect();
         let p = batch_prompts.len() as i64;
 
-        let seed = step_seed(s.manifest.seed, &s.run.name, step);
+        let seed = step_seed(s.manifest.seed, "sample", step);
         let drawn = sample(
             q,
             &batch_prompts,
@@ -121,6 +123,7 @@ pub fn train(
             let _guard = tch::no_grad_guard();
             s.reward.score(&drawn)?.view([p, n])
         };
+        let drawn_reward_mean = reward.mean(Kind::Double).double_value(&[]);
         // Estimators such as RSO train on a reward-chosen subset of the samples;
         // only that subset is scored by the prior and the policy.
         let (batch, reward) = match estimator.subsample(&reward, seed) {
@@ -166,7 +169,7 @@ pub fn train(
         let (loss, mut metrics) = estimator.loss(&inputs);
         opt.backward_step(&loss);
 
-        metrics.set("reward_mean", reward.mean(Kind::Double).double_value(&[]));
+        metrics.set("reward_mean", drawn_reward_mean); // over every drawn sample
         let evaluate_now = train.eval_every > 0 && (step + 1) % train.eval_every == 0;
         if evaluate_now {
             metrics.extend(&evaluate(policy)?);

@@ -88,8 +88,14 @@ pub fn brain_loss(inputs: &GroupInputs, baseline: Baseline, target: Target) -> (
             -(&alpha * &inputs.policy_logp).sum_dim_intlist([-1].as_slice(), false, None)
         }
         Baseline::Importance => {
-            let w = policy_ratio.detach().exp() / n as f64; // [P, n]
-            -((&alpha - w) * &inputs.policy_logp).sum_dim_intlist([-1].as_slice(), false, None)
+            // Σ_i w'_i ∇log q_θ(y_i) = ∇ Σ_i w'_i, so this loss (no stop-gradient)
+            // has exactly the GDC++ gradient −Σ_i (α_i − w'_i/n) ∇log q_θ(y_i).
+            let w = policy_ratio.exp(); // [P, n]
+            (w / n as f64 - &alpha * &inputs.policy_logp).sum_dim_intlist(
+                [-1].as_slice(),
+                false,
+                None,
+            )
         }
     }; // [P]
     let loss = per_prompt.mean(kind);

@@ -245,11 +245,11 @@ mod tests {
     fn accepted_samples_follow_the_tilted_distribution() {
         let p = [0.4, 0.3, 0.2, 0.1];
         let r = [0.0, 0.5, 1.0, 1.5];
-        let beta = 1.0;
+        let beta: f64 = 1.0;
         let tilted: Vec<f64> = p
             .iter()
             .zip(&r)
-            .map(|(p, r)| p * (r / beta as f64).exp())
+            .map(|(p, r)| p * (r / beta).exp())
             .collect();
         let z: f64 = tilted.iter().sum();
         let mut rng = ChaCha8Rng::seed_from_u64(2024);
