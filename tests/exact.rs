@@ -99,3 +99,25 @@ fn every_estimator_trains_through_the_loop() {
         "{slic}"
     );
 }
+
+/// Samples pooled from the prior and the refreshed proposal, weighted by the
+/// mixture density, still bring BRAIn to the posterior.
+#[test]
+fn pooled_proposals_reach_the_posterior() {
+    runner::link_plugins();
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments/ablation-proposal.toml");
+    let manifest = Manifest::load(&path, &["train.eval_every=0".into()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let outcome = runner::run(&manifest, dir.path(), false).unwrap();
+    let prior = metric(&outcome.rows, "prior", "kl_post_policy");
+    let pooled = metric(
+        &outcome.rows,
+        "refresh 20, half from the prior",
+        "kl_post_policy",
+    );
+    assert!(
+        pooled < 0.05 * prior,
+        "pooled KL(post‖policy) = {pooled}, prior's = {prior}"
+    );
+}

@@ -53,6 +53,13 @@ pub trait Estimator: Send + Sync {
         None
     }
 
+    /// Once the proposal has been refreshed, draw this fraction of each
+    /// prompt's samples from the prior and the rest from the proposal; every
+    /// sample's `proposal_logp` is then the mixture density.
+    fn prior_fraction(&self) -> f64 {
+        0.0
+    }
+
     /// Whether [`GroupInputs::reference_policy_logp`] must be filled in (the
     /// task must then provide reference outputs).
     fn needs_reference(&self) -> bool {

@@ -3,7 +3,7 @@
 
 use tch::{Kind, Tensor};
 
-use crate::{Policy, SampleBatch};
+use crate::{Policy, SampleBatch, SamplingConfig};
 
 /// Per-token log-probs of `input_ids` under `logits`, shifted by one.
 /// `logits` `[B, T, V]` (position t predicts token t+1), `input_ids` `[B, T]`
@@ -45,6 +45,32 @@ pub fn completion_lengths(completion_mask: &Tensor) -> Tensor {
 pub fn policy_logprobs(policy: &dyn Policy, batch: &SampleBatch) -> Tensor {
     let logits = policy.forward(&batch.input_ids, &batch.attention_mask); // [B, T, V]
     sequence_logprobs(&logits, &batch.input_ids, &batch.completion_mask)
+}
+
+/// `log Q(y|x)` of every sample in `batch` under the distribution that
+/// `config` (temperature, top-k, top-p) makes of `policy`: the density the
+/// sampler records, recomputed for samples drawn elsewhere (mixtures) → `[B]`.
+pub fn sampling_logprobs(
+    policy: &dyn Policy,
+    batch: &SampleBatch,
+    config: &SamplingConfig,
+) -> Tensor {
+    let logits = policy.forward(&batch.input_ids, &batch.attention_mask); // [B, T, V]
+    let (b, t, v) = logits.size3().expect("logits are [B, T, V]");
+    let logq = config
+        .sampling_logprobs(&logits.view([b * t, v]))
+        .view([b, t, v]); // [B, T, V]
+    let tok = logq
+        .narrow(1, 0, t - 1)
+        .gather(2, &batch.input_ids.narrow(1, 1, t - 1).unsqueeze(-1), false)
+        .squeeze_dim(-1); // [B, T-1]
+    let mask = batch
+        .completion_mask
+        .narrow(1, 1, t - 1)
+        .to_kind(tok.kind());
+    // Masked positions may hold −∞ (filtered tokens); zero them before summing.
+    tok.where_self(&mask.ne(0.0), &tok.zeros_like())
+        .sum_dim_intlist([-1].as_slice(), false, None)
 }
 
 #[cfg(test)]

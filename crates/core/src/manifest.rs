@@ -537,8 +537,10 @@ pub fn apply_overrides(text: &str, overrides: &[String]) -> Result<String, Strin
                     format!("--set {o}: `{}` is not a table", segs[..i].join("."))
                 })?;
                 if table.get(seg).is_none() {
+                    // A placeholder the value below replaces (Item::None would
+                    // read as absent).
                     let fresh = if last {
-                        toml_edit::Item::None
+                        toml_edit::value(false)
                     } else {
                         toml_edit::table()
                     };

@@ -217,6 +217,41 @@ impl SampleBatch {
             .collect()
     }
 
+    /// Rows of `a` then rows of `b`, right-padding the shorter to a common
+    /// length (both must share the prompt layout, e.g. the same prompts).
+    pub fn cat(a: &SampleBatch, b: &SampleBatch) -> SampleBatch {
+        let t = a.input_ids.size()[1].max(b.input_ids.size()[1]);
+        let pad = |x: &Tensor| {
+            let missing = t - x.size()[1];
+            if missing == 0 {
+                x.shallow_clone()
+            } else {
+                let rows = x.size()[0];
+                Tensor::cat(
+                    &[
+                        x.shallow_clone(),
+                        Tensor::zeros([rows, missing], (x.kind(), x.device())),
+                    ],
+                    1,
+                )
+            }
+        };
+        let both = |f: fn(&SampleBatch) -> &Tensor| Tensor::cat(&[pad(f(a)), pad(f(b))], 0);
+        SampleBatch {
+            input_ids: both(|s| &s.input_ids),
+            attention_mask: both(|s| &s.attention_mask),
+            completion_mask: both(|s| &s.completion_mask),
+            prompt_index: a
+                .prompt_index
+                .iter()
+                .chain(&b.prompt_index)
+                .copied()
+                .collect(),
+            proposal_logp: Tensor::cat(&[&a.proposal_logp, &b.proposal_logp], 0),
+            model_logp: Tensor::cat(&[&a.model_logp, &b.model_logp], 0),
+        }
+    }
+
     /// Completion lengths in tokens `[B]` (f32).
     pub fn lengths(&self) -> Tensor {
         crate::logprob::completion_lengths(&self.completion_mask)
@@ -339,6 +374,60 @@ pub fn sample(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The density the sampler records equals the density recomputed by the
+    /// log-prob kernel under the same sampling settings, and the unmodified
+    /// model density equals `policy_logprobs`.
+    #[test]
+    fn recorded_densities_match_rescoring() {
+        use crate::logprob::{policy_logprobs, sampling_logprobs};
+        struct Bigram(tch::nn::VarStore, Tensor);
+        impl Policy for Bigram {
+            fn forward(&self, ids: &Tensor, _mask: &Tensor) -> Tensor {
+                self.1
+                    .index_select(0, &ids.view([-1]))
+                    .view([ids.size()[0], ids.size()[1], 5])
+            }
+            fn vocab_size(&self) -> i64 {
+                5
+            }
+            fn var_store(&self) -> &tch::nn::VarStore {
+                &self.0
+            }
+            fn var_store_mut(&mut self) -> &mut tch::nn::VarStore {
+                &mut self.0
+            }
+        }
+        tch::manual_seed(3);
+        let model = Bigram(
+            tch::nn::VarStore::new(Device::Cpu),
+            Tensor::randn([5, 5], (Kind::Float, Device::Cpu)) * 2.0,
+        );
+        let prompts = vec![
+            Prompt {
+                ids: vec![1, 2],
+                text: None,
+            },
+            Prompt {
+                ids: vec![3],
+                text: None,
+            },
+        ];
+        let config = SamplingConfig {
+            temperature: 0.7,
+            top_k: Some(3),
+            top_p: Some(0.9),
+        };
+        let batch = sample(&model, &prompts, 6, 4, Some(4), &config, 9);
+        let rescored = sampling_logprobs(&model, &batch, &config);
+        assert!(
+            batch.proposal_logp.allclose(&rescored, 1e-5, 1e-5, false),
+            "{batch:?} vs {rescored:?}"
+        );
+        assert!(batch
+            .model_logp
+            .allclose(&policy_logprobs(&model, &batch), 1e-5, 1e-5, false));
+    }
 
     #[test]
     fn top_k_and_top_p_renormalise_over_kept_tokens() {

@@ -1,7 +1,7 @@
 //! The one flat training loop every estimator goes through: sample from the
 //! proposal, score, compute log-probs, take a step on the estimator's loss.
 
-use align_core::logprob::policy_logprobs;
+use align_core::logprob::{policy_logprobs, sampling_logprobs};
 use align_core::manifest::{Manifest, Optimizer, Run};
 use align_core::policy::frozen_copy;
 use align_core::sampling::sample;
@@ -110,15 +110,31 @@ pub fn train(
         let p = batch_prompts.len() as i64;
 
         let seed = step_seed(s.manifest.seed, "sample", step);
-        let drawn = sample(
-            q,
-            &batch_prompts,
-            n,
-            s.task.max_new_tokens(),
-            s.task.eos_token(),
-            &s.run.sampling,
-            seed,
-        );
+        let draw = |policy: &dyn Policy, count: i64, seed: u64| {
+            sample(
+                policy,
+                &batch_prompts,
+                count,
+                s.task.max_new_tokens(),
+                s.task.eos_token(),
+                &s.run.sampling,
+                seed,
+            )
+        };
+        let from_prior = (estimator.prior_fraction() * n as f64).round() as i64;
+        let drawn = match proposal.as_deref() {
+            Some(current) if from_prior > 0 => pooled(
+                s,
+                current,
+                &draw,
+                p,
+                n,
+                from_prior,
+                seed,
+                estimator.prior_fraction(),
+            ),
+            _ => draw(q, n, seed),
+        };
         let reward = {
             let _guard = tch::no_grad_guard();
             s.reward.score(&drawn)?.view([p, n])
@@ -179,6 +195,42 @@ pub fn train(
     }
     bar.finish_and_clear();
     Ok(log)
+}
+
+/// `n` samples per prompt pooled from the prior (`from_prior` of them) and the
+/// current proposal, grouped by prompt, each weighted by the mixture density
+/// `log(f·p_T(y) + (1−f)·Q_T(y))` of the two sampling distributions.
+#[allow(clippy::too_many_arguments)]
+fn pooled(
+    s: &Setup,
+    current: &dyn Policy,
+    draw: &dyn Fn(&dyn Policy, i64, u64) -> SampleBatch,
+    p: i64,
+    n: i64,
+    from_prior: i64,
+    seed: u64,
+    fraction: f64,
+) -> SampleBatch {
+    let a = draw(s.prior, from_prior, seed);
+    let b = draw(current, n - from_prior, seed ^ 0x9E37_79B9);
+    let both = SampleBatch::cat(&a, &b);
+    // Rows are [prior rows of every prompt, proposal rows of every prompt];
+    // regroup them prompt by prompt.
+    let order: Vec<i64> = (0..p)
+        .flat_map(|i| {
+            let prior_rows = (0..from_prior).map(move |j| i * from_prior + j);
+            let current_rows =
+                (0..n - from_prior).map(move |j| p * from_prior + i * (n - from_prior) + j);
+            prior_rows.chain(current_rows)
+        })
+        .collect();
+    let mut batch = both.select_rows(&Tensor::from_slice(&order));
+    let _guard = tch::no_grad_guard();
+    let log_prior = sampling_logprobs(s.prior, &batch, &s.run.sampling) + fraction.ln();
+    let log_current = sampling_logprobs(current, &batch, &s.run.sampling) + (1.0 - fraction).ln();
+    batch.proposal_logp =
+        Tensor::stack(&[log_prior, log_current], 0).logsumexp([0].as_slice(), false);
+    batch
 }
 
 fn progress_bar(show: bool, len: u64, name: &str) -> ProgressBar {

@@ -91,6 +91,7 @@ fn brain_length_normalised() {
         target: brain::Target::Softmax,
         refresh_every: 0,
         length_normalize: true,
+        prior_fraction: 0.0,
     };
     let est = brain::Brain(config);
     check("brain length-normalised", |i| est.loss(i).0, false);

@@ -49,6 +49,10 @@ pub struct BrainConfig {
     /// completion length before forming the weights.
     #[serde(default)]
     pub length_normalize: bool,
+    /// After a refresh, pool samples: this fraction of the `n` from the prior,
+    /// the rest from the refreshed proposal, weighted by the mixture density.
+    #[serde(default)]
+    pub prior_fraction: f64,
 }
 
 fn default_n() -> i64 {
@@ -136,6 +140,10 @@ impl Estimator for Brain {
         (self.0.refresh_every > 0).then_some(self.0.refresh_every)
     }
 
+    fn prior_fraction(&self) -> f64 {
+        self.0.prior_fraction
+    }
+
     fn loss(&self, inputs: &GroupInputs) -> (Tensor, Metrics) {
         if !self.0.length_normalize {
             return brain_loss(inputs, self.0.baseline, self.0.target);
@@ -163,6 +171,18 @@ fn construct(de: ConfigDeserializer) -> Result<Built<dyn Estimator>, PluginError
             return Err(PluginError::invalid(
                 "n",
                 format!("BRAIn needs at least 2 samples per prompt, got {}", c.n),
+            ));
+        }
+        if !(0.0..1.0).contains(&c.prior_fraction) {
+            return Err(PluginError::invalid(
+                "prior_fraction",
+                format!("must be in [0, 1), got {}", c.prior_fraction),
+            ));
+        }
+        if c.prior_fraction > 0.0 && c.refresh_every == 0 {
+            return Err(PluginError::invalid(
+                "prior_fraction",
+                "pools the prior with a refreshed proposal: set `refresh_every` too",
             ));
         }
         Ok(Box::new(Brain(c.clone())) as Box<dyn Estimator>)
