@@ -122,24 +122,23 @@ impl SampleBatch {
         completions: &Tensor,
         device: Device,
     ) -> SampleBatch {
-        let m = completions.size()[0];
-        let (prompt_ids, prompt_mask) = left_pad(prompts, m, device); // [P·M, Tp]
-        let completions = completions
-            .to_device(device)
-            .repeat([prompts.len() as i64, 1]); // [P·M, L]
-        let cmask = completions.ones_like();
-        let zeros = prompt_mask.zeros_like();
-        let b = completions.size()[0];
-        SampleBatch {
-            input_ids: Tensor::cat(&[prompt_ids, completions], 1),
-            attention_mask: Tensor::cat(&[prompt_mask, cmask.shallow_clone()], 1),
-            completion_mask: Tensor::cat(&[zeros, cmask], 1),
-            prompt_index: (0..prompts.len())
-                .flat_map(|p| std::iter::repeat_n(p, m as usize))
-                .collect(),
-            proposal_logp: Tensor::zeros([b], (Kind::Float, device)),
-            model_logp: Tensor::zeros([b], (Kind::Float, device)),
-        }
+        let (m, l) = completions.size2().expect("completions are [M, L]");
+        let (m, l) = (m as usize, l as usize);
+        let flat = Vec::<i64>::try_from(completions.to_device(Device::Cpu).view([-1]))
+            .expect("i64 completions");
+        let rows: Vec<Vec<i64>> = flat.chunks(l.max(1)).take(m).map(<[i64]>::to_vec).collect();
+        let repeated_prompts: Vec<Prompt> = prompts
+            .iter()
+            .flat_map(|p| std::iter::repeat_n(p.clone(), m))
+            .collect();
+        let repeated_rows: Vec<Vec<i64>> = (0..prompts.len())
+            .flat_map(|_| rows.iter().cloned())
+            .collect();
+        let mut batch = SampleBatch::from_pairs(&repeated_prompts, &repeated_rows, device);
+        batch.prompt_index = (0..prompts.len())
+            .flat_map(|p| std::iter::repeat_n(p, m))
+            .collect();
+        batch
     }
 }
 
