@@ -1,6 +1,33 @@
-//! Tasks and datasets, each registered as a `task` plugin.
+//! Tasks and datasets.
+//!
+//! - [`enumerable`]: the toy task with an enumerable output space (a `task`
+//!   plugin).
+//! - [`sentiment`]: movie-review sentiment (rated snippets and Rotten
+//!   Tomatoes reviews) read from the archives the set-up downloads.
+//! - [`hh`]: Anthropic HH-RLHF preference dialogues (JSONL / JSONL.gz).
+//! - [`tldr`]: TL;DR summarisation in its public formats (CarperAI and TRL
+//!   Parquet, OpenAI's comparison JSON lines).
+//! - Shared: [`records`] (record types), [`split`] (deterministic splits by
+//!   SHA-256 of a stable key), [`rows`] (malformed rows: reported with file
+//!   and line; a file with more than `max_bad_fraction` of them is refused),
+//!   [`location`] (the data directory: the task's `data_dir`, else
+//!   `$BRAIN_RS_DATA`, else `~/.cache/brain-rs/data`).
 
+pub mod archive;
 pub mod enumerable;
+pub mod error;
+pub mod hh;
+pub mod location;
+pub mod records;
+pub mod rows;
+pub mod sentiment;
+pub mod split;
+pub mod tldr;
+
+pub use error::DataError;
+pub use records::{Demonstration, LabelledText, PreferencePair, RatedText};
+pub use rows::{BadRow, Loaded, Location, DEFAULT_MAX_BAD_FRACTION};
+pub use split::{Split, SplitConfig, Splits};
 
 /// Referenced by the runner so the linker keeps this crate's registrations.
 pub fn link() {}
