@@ -287,7 +287,7 @@ impl GgufFile {
             )
         })?;
         let n = t.numel();
-        if n % per != 0 {
+        if !n.is_multiple_of(per) {
             return Err(format!(
                 "tensor `{}`: {n} elements is not a whole number of blocks",
                 t.name

@@ -3,6 +3,10 @@
 //! HF's safetensors keys (`transformer.h.0.attn.c_attn.weight`, …; checkpoints
 //! saved without the `transformer.` prefix load too).
 
+// `x = x + y`, not `x += y`: tch's `+=` is in place, and the residual stream
+// is saved by the next norm for the backward pass.
+#![allow(clippy::assign_op_pattern)]
+
 use serde::Deserialize;
 use tch::{nn, Tensor};
 

@@ -2,6 +2,10 @@
 //! embeddings (`rotary_pct`), parallel or sequential residual, untied output
 //! embedding (`embed_out`). Parameter paths equal HF's safetensors keys.
 
+// `x = x + y`, not `x += y`: tch's `+=` is in place, and the residual stream
+// is saved by the next norm for the backward pass.
+#![allow(clippy::assign_op_pattern)]
+
 use serde::Deserialize;
 use tch::{nn, Tensor};
 

@@ -3,6 +3,10 @@
 //! with a configurable base, grouped-query attention, SwiGLU MLP, tied or
 //! untied embeddings. Parameter paths equal HF's safetensors keys.
 
+// `x = x + y`, not `x += y`: tch's `+=` is in place, and the residual stream
+// is saved by the next norm for the backward pass.
+#![allow(clippy::assign_op_pattern)]
+
 use serde::Deserialize;
 use tch::{nn, Tensor};
 
