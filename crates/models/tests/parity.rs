@@ -11,7 +11,8 @@ use align_core::sampling::sample;
 use align_core::task::Prompt;
 use align_core::SamplingConfig;
 use align_models::{load, Architecture, DType};
-use common::{assert_close, expected, expected_json, fixture};
+use common::{assert_close, device, expected, expected_json, fixture};
+use tch::nn::OptimizerConfig;
 use tch::{Device, Kind, Tensor};
 
 const TRANSFORMERS: &str = "5.24.0";
@@ -24,7 +25,7 @@ fn check_causal(name: &str, arch: Architecture) {
         meta["transformers"], TRANSFORMERS,
         "{name} was made with another transformers version; update this test's header"
     );
-    let lm = load(&fixture(name), DType::F32, Device::Cpu).expect("fixture loads");
+    let lm = load(&fixture(name), DType::F32, device()).expect("fixture loads");
     assert_eq!(lm.architecture, arch);
     let e = expected(name);
     let (ids, mask) = (&e["input_ids"], &e["attention_mask"]);
@@ -56,8 +57,8 @@ fn check_causal(name: &str, arch: Architecture) {
     let pmask = &e["prompt_mask"];
     let prompts: Vec<Prompt> = (0..2)
         .map(|r| {
-            let row = Vec::<i64>::try_from(pids.get(r)).unwrap();
-            let m = Vec::<i64>::try_from(pmask.get(r)).unwrap();
+            let row = Vec::<i64>::try_from(pids.get(r).to_device(Device::Cpu)).unwrap();
+            let m = Vec::<i64>::try_from(pmask.get(r).to_device(Device::Cpu)).unwrap();
             Prompt {
                 ids: row
                     .into_iter()
@@ -79,8 +80,8 @@ fn check_causal(name: &str, arch: Architecture) {
     let t = batch.input_ids.size()[1];
     let got = batch.input_ids.narrow(1, t - new, new);
     assert_eq!(
-        Vec::<Vec<i64>>::try_from(&got).unwrap(),
-        Vec::<Vec<i64>>::try_from(want).unwrap(),
+        Vec::<Vec<i64>>::try_from(got.to_device(Device::Cpu)).unwrap(),
+        Vec::<Vec<i64>>::try_from(want.to_device(Device::Cpu)).unwrap(),
         "{name}: greedy continuation differs from transformers generate"
     );
 }
@@ -99,7 +100,7 @@ fn llama_tied_matches_transformers() {
 fn llama_sharded_checkpoint_matches_single_file() {
     // Same weights as tiny-llama, saved in 4 shards with an index.
     let e = expected("tiny-llama");
-    let lm = load(&fixture("tiny-llama-sharded"), DType::F32, Device::Cpu).unwrap();
+    let lm = load(&fixture("tiny-llama-sharded"), DType::F32, device()).unwrap();
     let logits = tch::no_grad(|| lm.policy.forward(&e["input_ids"], &e["attention_mask"]));
     let real = e["attention_mask"].ne(0).unsqueeze(-1);
     assert_close(&logits, &e["logits"], &real, RTOL, ATOL, "sharded logits");
@@ -119,7 +120,7 @@ fn gpt_neox_matches_transformers() {
 fn bert_matches_transformers() {
     assert_eq!(expected_json("tiny-bert")["transformers"], TRANSFORMERS);
     let bert =
-        align_models::bert::Bert::from_dir(&fixture("tiny-bert"), DType::F32, Device::Cpu).unwrap();
+        align_models::bert::Bert::from_dir(&fixture("tiny-bert"), DType::F32, device()).unwrap();
     let e = expected("tiny-bert");
     let mask = &e["attention_mask"];
     let hidden = tch::no_grad(|| bert.forward(&e["input_ids"], mask, Some(&e["token_type_ids"])));
@@ -142,7 +143,7 @@ fn bert_matches_transformers() {
 #[test]
 fn cached_sampling_logprobs_equal_full_forward_rescoring() {
     for name in ["tiny-llama", "tiny-gpt2", "tiny-gpt-neox"] {
-        let lm = load(&fixture(name), DType::F32, Device::Cpu).unwrap();
+        let lm = load(&fixture(name), DType::F32, device()).unwrap();
         let prompts = vec![
             Prompt {
                 ids: vec![5, 9, 40, 41, 7],
@@ -194,7 +195,7 @@ fn bf16_and_f16_load_and_stay_close_to_f32() {
     let e = expected("tiny-llama");
     let real = e["attention_mask"].ne(0).unsqueeze(-1);
     for dtype in [DType::Bf16, DType::F16] {
-        let lm = load(&fixture("tiny-llama"), dtype, Device::Cpu).unwrap();
+        let lm = load(&fixture("tiny-llama"), dtype, device()).unwrap();
         let logits = tch::no_grad(|| lm.policy.forward(&e["input_ids"], &e["attention_mask"]));
         assert_eq!(logits.kind(), dtype.kind());
         let scale = e["logits"].abs().max().double_value(&[]);
@@ -205,6 +206,37 @@ fn bf16_and_f16_load_and_stay_close_to_f32() {
             0.0,
             0.05 * scale,
             &format!("{dtype:?}"),
+        );
+    }
+}
+
+/// The policy trains: a gradient step on the completion log-likelihood
+/// reaches every parameter and raises the log-likelihood.
+#[test]
+fn gradients_flow_and_a_step_raises_the_likelihood() {
+    for name in ["tiny-llama", "tiny-gpt2", "tiny-gpt-neox"] {
+        let lm = load(&fixture(name), DType::F32, device()).unwrap();
+        let e = expected(name);
+        let batch = align_core::SampleBatch {
+            input_ids: e["input_ids"].shallow_clone(),
+            attention_mask: e["attention_mask"].shallow_clone(),
+            completion_mask: e["completion_mask"].shallow_clone(),
+            prompt_index: vec![0, 1, 2],
+            proposal_logp: Tensor::zeros([3], (Kind::Float, device())),
+            model_logp: Tensor::zeros([3], (Kind::Float, device())),
+        };
+        let before = policy_logprobs(lm.policy.as_ref(), &batch).sum(Kind::Float);
+        let mut opt = tch::nn::Sgd::default()
+            .build(lm.policy.var_store(), 1e-3)
+            .unwrap();
+        opt.backward_step(&(-&before));
+        for (n, v) in lm.policy.var_store().variables() {
+            assert!(v.grad().defined(), "{name}: no gradient for {n}");
+        }
+        let after = tch::no_grad(|| policy_logprobs(lm.policy.as_ref(), &batch).sum(Kind::Float));
+        assert!(
+            after.double_value(&[]) > before.double_value(&[]),
+            "{name}: one SGD step did not raise the log-likelihood"
         );
     }
 }

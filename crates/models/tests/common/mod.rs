@@ -4,7 +4,16 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
+
+/// The device the parity tests run on: `BRAIN_RS_TEST_DEVICE=cuda` runs them
+/// on the GPU (default: CPU).
+pub fn device() -> Device {
+    match std::env::var("BRAIN_RS_TEST_DEVICE").as_deref() {
+        Ok("cuda") => Device::Cuda(0),
+        _ => Device::Cpu,
+    }
+}
 
 /// `tests/fixtures/NAME` at the workspace root.
 pub fn fixture(name: &str) -> PathBuf {
@@ -18,6 +27,7 @@ pub fn expected(name: &str) -> HashMap<String, Tensor> {
     Tensor::read_safetensors(fixture(name).join("expected.safetensors"))
         .expect("fixture expected.safetensors")
         .into_iter()
+        .map(|(n, t)| (n, t.to_device(device())))
         .collect()
 }
 
@@ -30,8 +40,9 @@ pub fn expected_json(name: &str) -> serde_json::Value {
 /// Asserts `got` ≈ `want` elementwise where `keep` (broadcast) is true:
 /// |got − want| ≤ rtol·|want| + atol.
 pub fn assert_close(got: &Tensor, want: &Tensor, keep: &Tensor, rtol: f64, atol: f64, what: &str) {
-    let got = got.to_kind(Kind::Double);
-    let want = want.to_kind(Kind::Double);
+    let got = got.to_kind(Kind::Double).to_device(Device::Cpu);
+    let want = want.to_kind(Kind::Double).to_device(Device::Cpu);
+    let keep = keep.to_device(Device::Cpu);
     assert_eq!(got.size(), want.size(), "{what}: shapes differ");
     let keep = keep.broadcast_to(got.size().as_slice());
     let err = (&got - &want).abs();
