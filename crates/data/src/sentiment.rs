@@ -477,10 +477,13 @@ impl SentimentData {
     }
 
     /// Openings of positively rated reviews (snippet valence > 0, or fresh)
-    /// with the rest of the review as the gold continuation.
+    /// with the rest of the review as the gold continuation. A review in
+    /// both sources (nearly every rated snippet is also a Rotten Tomatoes
+    /// review) appears once.
     pub fn demonstrations(&self, split: Split) -> Vec<Demonstration> {
+        let mut seen = HashSet::new();
         self.in_split(split)
-            .filter(|i| i.positive)
+            .filter(|i| i.positive && seen.insert(text_key(&i.text)))
             .filter_map(|i| self.opening_of(i))
             .map(|(p, r)| Demonstration {
                 prompt: p.to_string(),

@@ -82,6 +82,11 @@ pub fn read_parquet<T: Send>(
     let groups: Vec<Rows<T>> = (0..meta.num_row_groups())
         .into_par_iter()
         .map(|g| {
+            // One reader (and file handle) per row group: readers of one
+            // `File` share its cursor, so they must not run concurrently.
+            let file = File::open(path).map_err(|e| DataError::io(&label, e))?;
+            let reader =
+                SerializedFileReader::new(file).map_err(|e| broken(format!("row group {g}"), e))?;
             let group = reader
                 .get_row_group(g)
                 .map_err(|e| broken(format!("row group {g}"), e))?;

@@ -111,6 +111,11 @@ fn carperai_tldr_parquet_round_trips_across_row_groups() {
     let loaded = tldr::load_demonstrations(Format::CarperaiTldr, &dir().join(file), 0.5).unwrap();
     assert_eq!(loaded.records, expected_demos(file));
     check_bad(&loaded, file);
+    // Row groups are read in parallel: repeat to catch readers sharing a cursor.
+    for _ in 0..50 {
+        let again = tldr::load_demonstrations(Format::CarperaiTldr, &dir().join(file), 0.5);
+        assert_eq!(again.unwrap().records, loaded.records);
+    }
     let e = tldr::load_demonstrations(Format::CarperaiTldr, &dir().join(file), 0.1).unwrap_err();
     assert!(e.to_string().contains("2 of 5 rows are malformed"), "{e}");
 }
