@@ -1,0 +1,156 @@
+//! A lexicon reward: VADER's compound sentiment score (Hutto & Gilbert 2014,
+//! the `vader_sentiment` crate's port of vaderSentiment), in [−1, 1], times
+//! `scale`. No training and no model: an independent third judge for the
+//! movie-review sentiment task.
+//!
+//! It scores text. A [`SampleBatch`] carries token ids only, so
+//! [`RewardModel::score`] fails with an explanation until the pipeline hands
+//! rewards the decoded completions; [`score_texts`] is the scoring itself.
+
+use align_core::registry::{build_from_config, Built, ConfigDeserializer, Constructor};
+use align_core::{Plugin, PluginError, RewardModel, RewardSpec, SampleBatch};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use tch::{Device, Tensor};
+use vader_sentiment::SentimentIntensityAnalyzer;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LexiconConfig {
+    /// Multiplies the compound score.
+    #[serde(default = "one")]
+    pub scale: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// VADER compound scores of `texts` (in [−1, 1]; 0 for text without
+/// sentiment), in parallel.
+pub fn score_texts(texts: &[&str]) -> Vec<f32> {
+    let analyzer = SentimentIntensityAnalyzer::new();
+    texts
+        .par_iter()
+        .map(|t| {
+            analyzer
+                .polarity_scores(t)
+                .get("compound")
+                .copied()
+                .unwrap_or(0.0) as f32
+        })
+        .collect()
+}
+
+/// The `lexicon` reward; see the module docs.
+pub struct Lexicon(pub LexiconConfig);
+
+impl Lexicon {
+    /// `scale ×` [`score_texts`].
+    pub fn score_texts(&self, texts: &[&str]) -> Vec<f32> {
+        score_texts(texts)
+            .into_iter()
+            .map(|s| (self.0.scale * s as f64) as f32)
+            .collect()
+    }
+}
+
+impl RewardSpec for Lexicon {
+    fn build(&self, _device: Device) -> anyhow::Result<Box<dyn RewardModel>> {
+        Ok(Box::new(Lexicon(self.0.clone())))
+    }
+}
+
+impl RewardModel for Lexicon {
+    fn score(&self, batch: &SampleBatch) -> anyhow::Result<Tensor> {
+        anyhow::bail!(
+            "the `lexicon` reward scores text, but this batch of {} samples carries only \
+             token ids: the pipeline must decode the completions to text first (SampleBatch \
+             has no decoded texts yet)",
+            batch.len()
+        )
+    }
+}
+
+fn construct(de: ConfigDeserializer) -> Result<Built<dyn RewardSpec>, PluginError> {
+    build_from_config(de, |c: &LexiconConfig| {
+        if !(c.scale.is_finite() && c.scale > 0.0) {
+            return Err(PluginError::invalid("scale", "must be > 0"));
+        }
+        Ok(Box::new(Lexicon(c.clone())) as Box<dyn RewardSpec>)
+    })
+}
+
+align_core::inventory::submit! {
+    Plugin {
+        name: "lexicon",
+        description: "VADER sentiment lexicon: compound score in [-1, 1] of the completion text (no training)",
+        constructor: Constructor::Reward(construct),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Compound scores from the reference implementation:
+    /// ```python
+    /// # vaderSentiment==3.3.2 (the sdist the set-up downloads)
+    /// from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+    /// a = SentimentIntensityAnalyzer()
+    /// print(a.polarity_scores(text)["compound"])
+    /// ```
+    const REFERENCE: [(&str, f32); 10] = [
+        ("VADER is smart, handsome, and funny.", 0.8316),
+        ("VADER is not smart, handsome, nor funny.", -0.7424),
+        ("The book was good.", 0.4404),
+        ("At least it isn't a horrible book.", 0.431),
+        (
+            "The plot was good, but the characters are uncompelling and the dialog is not great.",
+            -0.7042,
+        ),
+        ("Today SUX!", -0.5461),
+        ("A gorgeous, witty, seductive movie.", 0.6124),
+        ("The movie is dull and far too long.", -0.4019),
+        ("The film opens on a Tuesday.", 0.0),
+        ("", 0.0),
+    ];
+
+    #[test]
+    fn compound_scores_match_the_python_reference() {
+        let texts: Vec<&str> = REFERENCE.iter().map(|(t, _)| *t).collect();
+        let got = score_texts(&texts);
+        for ((text, want), got) in REFERENCE.iter().zip(&got) {
+            // Python rounds the compound score to 4 decimals.
+            assert!((got - want).abs() < 6e-5, "{text:?}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn scale_multiplies_and_order_is_kept() {
+        let l = Lexicon(LexiconConfig { scale: 2.0 });
+        let s = l.score_texts(&["The movie is dull and far too long.", "The book was good."]);
+        assert!(
+            (s[0] + 0.8038).abs() < 2e-4 && (s[1] - 0.8808).abs() < 2e-4,
+            "{s:?}"
+        );
+    }
+
+    #[test]
+    fn scoring_token_ids_explains_that_text_is_needed() {
+        let prompts = [align_core::task::Prompt {
+            ids: vec![1],
+            text: None,
+        }];
+        let batch = SampleBatch::from_completions(
+            &prompts,
+            &Tensor::from_slice(&[2i64, 3]).view([1, 2]),
+            Device::Cpu,
+        );
+        let e = Lexicon(LexiconConfig { scale: 1.0 })
+            .score(&batch)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("decode the completions to text"), "{e}");
+    }
+}
