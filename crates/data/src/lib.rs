@@ -7,6 +7,8 @@
 //! - [`hh`]: Anthropic HH-RLHF preference dialogues (JSONL / JSONL.gz).
 //! - [`tldr`]: TL;DR summarisation in its public formats (CarperAI and TRL
 //!   Parquet, OpenAI's comparison JSON lines).
+//! - [`files`]: one manifest config (`format`, `path`, `max_bad_fraction`)
+//!   for the HH and TL;DR files.
 //! - Shared: [`records`] (record types), [`split`] (deterministic splits by
 //!   SHA-256 of a stable key), [`rows`] (malformed rows: reported with file
 //!   and line; a file with more than `max_bad_fraction` of them is refused),
@@ -16,6 +18,7 @@
 pub mod archive;
 pub mod enumerable;
 pub mod error;
+pub mod files;
 pub mod hh;
 pub mod location;
 pub mod records;
@@ -25,6 +28,7 @@ pub mod split;
 pub mod tldr;
 
 pub use error::DataError;
+pub use files::{FileDatasetConfig, FileFormat, FileRecords};
 pub use records::{Demonstration, LabelledText, PreferencePair, RatedText};
 pub use rows::{BadRow, Loaded, Location, DEFAULT_MAX_BAD_FRACTION};
 pub use split::{Split, SplitConfig, Splits};

@@ -176,3 +176,34 @@ fn wrong_columns_codecs_formats_and_paths_fail_clearly() {
     );
     assert!(e.contains("point `path` in the manifest"), "{e}");
 }
+
+#[test]
+fn one_config_loads_every_format() {
+    for (format, file, pairs) in [
+        ("hh-rlhf", "hh-rlhf-clean.jsonl.gz", true),
+        ("carperai-tldr", "openai_summarize_tldr.parquet", false),
+        ("trl-tldr", "trl-tldr.parquet", false),
+        ("trl-tldr-preference", "trl-tldr-preference.parquet", true),
+        ("summarize-from-feedback", "comparisons.jsonl", true),
+    ] {
+        let toml = format!(
+            "format = \"{format}\"\npath = {:?}\nmax_bad_fraction = 0.5\n",
+            dir().join(file).display().to_string()
+        );
+        let config: align_data::FileDatasetConfig = toml::from_str(&toml).unwrap();
+        match config.load().unwrap() {
+            align_data::FileRecords::Pairs(l) => {
+                assert!(pairs, "{format}");
+                assert_eq!(l.records, expected_pairs(file));
+            }
+            align_data::FileRecords::Demonstrations(l) => {
+                assert!(!pairs, "{format}");
+                assert_eq!(l.records, expected_demos(file));
+            }
+        }
+    }
+    let e = toml::from_str::<align_data::FileDatasetConfig>("format = \"hh\"\npath = \"x\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unknown variant `hh`"), "{e}");
+}
