@@ -9,6 +9,8 @@ pub struct EvalContext<'a> {
     pub prior: &'a dyn Policy,
     pub reward: &'a dyn RewardModel,
     pub goodness: &'a dyn GoodnessModel,
+    /// The policy's tokenizer, for evaluators that work on text.
+    pub codec: Option<&'a dyn crate::TextCodec>,
     pub device: Device,
 }
 

@@ -13,6 +13,7 @@ pub mod registry;
 pub mod reward;
 pub mod sampling;
 pub mod task;
+pub mod text;
 
 pub use estimator::{pair_mask, pair_mean, Estimator, GroupInputs, Pairs};
 pub use evaluator::{EvalContext, Evaluator};
@@ -21,7 +22,8 @@ pub use policy::{Decoder, ModelContext, ModelSpec, Policy};
 pub use registry::{Kind, Plugin, PluginError};
 pub use reward::{GoodnessModel, RewardModel, RewardSpec};
 pub use sampling::{SampleBatch, SamplingConfig};
-pub use task::{Task, TaskSpec};
+pub use task::{Task, TaskContext, TaskSpec};
+pub use text::{SampleText, TextCodec};
 
 // Re-exported so plugin crates submit registrations without naming inventory.
 pub use inventory;

@@ -52,6 +52,12 @@ pub struct ModelContext {
 /// A validated model configuration that can build fresh instances.
 pub trait ModelSpec: Send + Sync {
     fn build(&self, ctx: &ModelContext) -> anyhow::Result<Box<dyn Policy>>;
+
+    /// The model's tokenizer, for text tasks and rewards (`None`: the model
+    /// works on token ids only, like the toy models).
+    fn codec(&self) -> anyhow::Result<Option<std::sync::Arc<dyn crate::TextCodec>>> {
+        Ok(None)
+    }
 }
 
 /// A frozen copy of `source` with the same architecture (used for the prior

@@ -103,6 +103,9 @@ pub struct SampleBatch {
     pub proposal_logp: Tensor,
     /// `[B]` f32: log-density under the unmodified model (temperature 1).
     pub model_logp: Tensor,
+    /// Decoded prompt and completion of each row, for text reward models;
+    /// filled by [`SampleBatch::decode_texts`].
+    pub texts: Option<Vec<crate::SampleText>>,
 }
 
 impl SampleBatch {
@@ -176,6 +179,7 @@ impl SampleBatch {
             prompt_index: (0..prompts.len()).collect(),
             proposal_logp: Tensor::zeros([b], (Kind::Float, device)),
             model_logp: Tensor::zeros([b], (Kind::Float, device)),
+            texts: None,
         }
     }
 
@@ -193,7 +197,35 @@ impl SampleBatch {
                 .collect(),
             proposal_logp: self.proposal_logp.index_select(0, &rows),
             model_logp: self.model_logp.index_select(0, &rows),
+            texts: self
+                .texts
+                .as_ref()
+                .map(|t| index.iter().map(|&i| t[i as usize].clone()).collect()),
         }
+    }
+
+    /// Decodes every row's prompt and completion with `codec` into `texts`.
+    pub fn decode_texts(&mut self, codec: &dyn crate::TextCodec) -> anyhow::Result<()> {
+        let (b, t) = self.input_ids.size2()?;
+        let ids = Vec::<i64>::try_from(self.input_ids.to_device(Device::Cpu).view([-1]))?;
+        let attn = Vec::<i64>::try_from(self.attention_mask.to_device(Device::Cpu).view([-1]))?;
+        let cmask = Vec::<i64>::try_from(self.completion_mask.to_device(Device::Cpu).view([-1]))?;
+        let mut texts = Vec::with_capacity(b as usize);
+        for row in 0..b as usize {
+            let r = row * t as usize..(row + 1) * t as usize;
+            let pick = |completion: bool| -> Vec<i64> {
+                (r.clone())
+                    .filter(|&i| attn[i] != 0 && (cmask[i] != 0) == completion)
+                    .map(|i| ids[i])
+                    .collect()
+            };
+            texts.push(crate::SampleText {
+                prompt: codec.decode(&pick(false))?,
+                completion: codec.decode(&pick(true))?,
+            });
+        }
+        self.texts = Some(texts);
+        Ok(())
     }
 
     /// The completion tokens of every row.
@@ -248,6 +280,10 @@ impl SampleBatch {
                 .collect(),
             proposal_logp: Tensor::cat(&[&a.proposal_logp, &b.proposal_logp], 0),
             model_logp: Tensor::cat(&[&a.model_logp, &b.model_logp], 0),
+            texts: match (&a.texts, &b.texts) {
+                (Some(x), Some(y)) => Some(x.iter().chain(y).cloned().collect()),
+                _ => None,
+            },
         }
     }
 
@@ -367,6 +403,7 @@ pub fn sample(
             .collect(),
         proposal_logp,
         model_logp,
+        texts: None,
     }
 }
 

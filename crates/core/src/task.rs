@@ -42,6 +42,25 @@ pub trait Task: Send + Sync {
     }
 }
 
+/// What building a task may need from the rest of the manifest.
+#[derive(Clone)]
+pub struct TaskContext {
+    pub seed: u64,
+    /// The policy's tokenizer, when it has one (text tasks need it).
+    pub codec: Option<std::sync::Arc<dyn crate::TextCodec>>,
+}
+
 pub trait TaskSpec: Send + Sync {
-    fn build(&self, seed: u64) -> anyhow::Result<Box<dyn Task>>;
+    fn build(&self, ctx: &TaskContext) -> anyhow::Result<Box<dyn Task>>;
+
+    /// Vocabulary size, for tasks that define their own token space (the
+    /// model is built before the task, so this comes from the spec).
+    fn vocab_size(&self) -> Option<i64> {
+        None
+    }
+
+    /// Longest prompt + completion, for models with a fixed maximum length.
+    fn max_len(&self) -> Option<i64> {
+        None
+    }
 }

@@ -4,7 +4,7 @@
 
 use align_core::registry::{build_from_config, Built, ConfigDeserializer, Constructor};
 use align_core::task::Prompt;
-use align_core::{Plugin, PluginError, Task, TaskSpec};
+use align_core::{Plugin, PluginError, Task, TaskContext, TaskSpec};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -22,7 +22,15 @@ pub struct EnumerableConfig {
 struct EnumerableSpec(EnumerableConfig);
 
 impl TaskSpec for EnumerableSpec {
-    fn build(&self, _seed: u64) -> anyhow::Result<Box<dyn Task>> {
+    fn vocab_size(&self) -> Option<i64> {
+        Some(self.0.vocab)
+    }
+
+    fn max_len(&self) -> Option<i64> {
+        Some(1 + self.0.length)
+    }
+
+    fn build(&self, _ctx: &TaskContext) -> anyhow::Result<Box<dyn Task>> {
         let prompts = (0..self.0.prompts)
             .map(|p| Prompt {
                 ids: vec![p],
@@ -112,7 +120,10 @@ mod tests {
             vocab: 3,
             length: 2,
         })
-        .build(0)
+        .build(&TaskContext {
+            seed: 0,
+            codec: None,
+        })
         .unwrap();
         let s = t.completion_space(Device::Cpu).unwrap();
         let rows: Vec<Vec<i64>> = (0..9)

@@ -63,12 +63,15 @@ impl RewardSpec for Lexicon {
 
 impl RewardModel for Lexicon {
     fn score(&self, batch: &SampleBatch) -> anyhow::Result<Tensor> {
-        anyhow::bail!(
-            "the `lexicon` reward scores text, but this batch of {} samples carries only \
-             token ids: the pipeline must decode the completions to text first (SampleBatch \
-             has no decoded texts yet)",
-            batch.len()
-        )
+        let texts = batch.texts.as_ref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "the `lexicon` reward scores text, but this batch of {} samples carries only token ids \
+                 (the model has no tokenizer to decode them with)",
+                batch.len()
+            )
+        })?;
+        let completions: Vec<&str> = texts.iter().map(|t| t.completion.as_str()).collect();
+        Ok(Tensor::from_slice(&self.score_texts(&completions)).to_device(batch.input_ids.device()))
     }
 }
 
@@ -151,6 +154,34 @@ mod tests {
             .score(&batch)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("decode the completions to text"), "{e}");
+        assert!(e.contains("carries only token ids"), "{e}");
+    }
+
+    #[test]
+    fn scores_the_decoded_completions() {
+        let prompts = [align_core::task::Prompt {
+            ids: vec![1],
+            text: None,
+        }];
+        let mut batch = SampleBatch::from_completions(
+            &prompts,
+            &Tensor::from_slice(&[2i64, 3, 4, 5]).view([2, 2]),
+            Device::Cpu,
+        );
+        batch.texts = Some(vec![
+            align_core::SampleText {
+                prompt: "The film".into(),
+                completion: " was wonderful and moving.".into(),
+            },
+            align_core::SampleText {
+                prompt: "The film".into(),
+                completion: " was a dull, awful mess.".into(),
+            },
+        ]);
+        let r = Vec::<f32>::try_from(Lexicon(LexiconConfig { scale: 2.0 }).score(&batch).unwrap())
+            .unwrap();
+        let want = score_texts(&[" was wonderful and moving.", " was a dull, awful mess."]);
+        assert_eq!(r, vec![2.0 * want[0], 2.0 * want[1]]);
+        assert!(r[0] > 0.5 && r[1] < -0.5, "{r:?}");
     }
 }

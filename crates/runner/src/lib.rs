@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use align_core::manifest::Manifest;
 use align_core::policy::frozen_copy;
-use align_core::{EvalContext, Metrics, ModelContext, Policy};
+use align_core::{EvalContext, Metrics, ModelContext, Policy, TaskContext};
 use anyhow::Context;
 
 /// Keeps every plugin crate linked so its `inventory` registrations survive.
@@ -48,17 +48,13 @@ pub fn run(manifest: &Manifest, out_dir: &Path, progress: bool) -> anyhow::Resul
         tch::set_num_threads(t);
     }
     let device = manifest.device.resolve()?;
-    let task = manifest.task.value.build(manifest.seed)?;
+    // The model comes first: a text task tokenizes its prompts with the model's
+    // tokenizer, while a toy task tells the model its vocabulary through its spec.
+    let task_spec = manifest.task.value.as_ref();
     let model_ctx = ModelContext {
         device,
-        vocab_size: task.vocab_size(),
-        max_len: task
-            .train_prompts()
-            .iter()
-            .chain(task.eval_prompts())
-            .map(|p| p.ids.len() as i64)
-            .max()
-            .map(|tp| tp + task.max_new_tokens()),
+        vocab_size: task_spec.vocab_size(),
+        max_len: task_spec.max_len(),
         seed: manifest.seed,
     };
     let mut prior = manifest
@@ -67,6 +63,17 @@ pub fn run(manifest: &Manifest, out_dir: &Path, progress: bool) -> anyhow::Resul
         .build(&model_ctx)
         .context("building the prior model")?;
     prior.var_store_mut().freeze();
+    let codec = manifest
+        .model
+        .value
+        .codec()
+        .context("loading the model's tokenizer")?;
+    let task = task_spec
+        .build(&TaskContext {
+            seed: manifest.seed,
+            codec: codec.clone(),
+        })
+        .context("building the task")?;
     let reward = manifest
         .reward
         .value
@@ -77,6 +84,7 @@ pub fn run(manifest: &Manifest, out_dir: &Path, progress: bool) -> anyhow::Resul
         prior: prior.as_ref(),
         reward: reward.as_ref(),
         goodness: manifest.goodness.value.as_ref(),
+        codec: codec.as_deref(),
         device,
     };
     let evaluate = |policy: &dyn Policy| -> anyhow::Result<Metrics> {
@@ -122,6 +130,7 @@ pub fn run(manifest: &Manifest, out_dir: &Path, progress: bool) -> anyhow::Resul
             model_ctx: &model_ctx,
             prior: prior.as_ref(),
             reward: reward.as_ref(),
+            codec: codec.as_deref(),
         };
         let log = train::train(&setup, policy.as_mut(), &evaluate, progress)
             .with_context(|| format!("training run `{}`", run.name))?;

@@ -6,7 +6,9 @@ use align_core::manifest::{Manifest, Optimizer, Run};
 use align_core::policy::frozen_copy;
 use align_core::sampling::sample;
 use align_core::task::Prompt;
-use align_core::{GroupInputs, Metrics, ModelContext, Policy, RewardModel, SampleBatch, Task};
+use align_core::{
+    GroupInputs, Metrics, ModelContext, Policy, RewardModel, SampleBatch, Task, TextCodec,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -21,6 +23,7 @@ pub struct Setup<'a> {
     pub model_ctx: &'a ModelContext,
     pub prior: &'a dyn Policy,
     pub reward: &'a dyn RewardModel,
+    pub codec: Option<&'a dyn TextCodec>,
 }
 
 /// Per-step metrics: `(step, metrics)`; evaluation metrics appear on eval steps.
@@ -135,6 +138,10 @@ pub fn train(
             ),
             _ => draw(q, n, seed),
         };
+        let mut drawn = drawn;
+        if let Some(codec) = s.codec {
+            drawn.decode_texts(codec)?; // for rewards that read text
+        }
         let reward = {
             let _guard = tch::no_grad_guard();
             s.reward.score(&drawn)?.view([p, n])
