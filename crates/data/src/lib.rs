@@ -4,6 +4,8 @@
 //!   plugin).
 //! - [`sentiment`]: movie-review sentiment (rated snippets and Rotten
 //!   Tomatoes reviews) read from the archives the set-up downloads.
+//! - [`text_task`]: text tasks tokenized with the policy's tokenizer; the
+//!   `sentiment` task plugin.
 //! - [`hh`]: Anthropic HH-RLHF preference dialogues (JSONL / JSONL.gz).
 //! - [`tldr`]: TL;DR summarisation in its public formats (CarperAI and TRL
 //!   Parquet, OpenAI's comparison JSON lines).
@@ -25,6 +27,7 @@ pub mod records;
 pub mod rows;
 pub mod sentiment;
 pub mod split;
+pub mod text_task;
 pub mod tldr;
 
 pub use error::DataError;

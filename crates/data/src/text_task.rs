@@ -1,0 +1,239 @@
+//! Text tasks: prompts (and gold references) as text, tokenized with the
+//! policy's tokenizer when the task is built. The `sentiment` task plugin:
+//! continue movie-review openings; the gold continuation is the rest of a
+//! positively rated review.
+
+use std::sync::Arc;
+
+use align_core::registry::{build_from_config, Built, ConfigDeserializer, Constructor};
+use align_core::task::Prompt;
+use align_core::{Plugin, PluginError, Task, TaskContext, TaskSpec, TextCodec};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::sentiment::{SentimentConfig, SentimentData};
+use crate::{Demonstration, Split};
+
+/// Prompts and references tokenized once, at build time.
+pub struct TextTask {
+    train: Vec<Prompt>,
+    train_references: Vec<Vec<i64>>,
+    eval: Vec<Prompt>,
+    max_new_tokens: i64,
+    eos: Option<i64>,
+}
+
+impl TextTask {
+    /// Tokenizes `train` / `eval` demonstrations with `codec` (in parallel):
+    /// prompts with the tokenizer's special tokens (or the chat template),
+    /// references as plain continuations.
+    pub fn tokenize(
+        codec: &dyn TextCodec,
+        train: &[Demonstration],
+        eval: &[Demonstration],
+        chat: bool,
+        max_new_tokens: i64,
+    ) -> anyhow::Result<TextTask> {
+        let prompt = |d: &Demonstration| -> anyhow::Result<Prompt> {
+            let ids = if chat {
+                codec.encode_chat_prompt(&d.prompt)?
+            } else {
+                codec.encode(&d.prompt, true)?
+            };
+            Ok(Prompt {
+                ids,
+                text: Some(d.prompt.clone()),
+            })
+        };
+        let train_prompts = train
+            .par_iter()
+            .map(prompt)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let train_references = train
+            .par_iter()
+            .map(|d| codec.encode(&d.reference, false))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let eval = eval
+            .par_iter()
+            .map(prompt)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(TextTask {
+            train: train_prompts,
+            train_references,
+            eval,
+            max_new_tokens,
+            eos: codec.eos_token_id(),
+        })
+    }
+}
+
+impl Task for TextTask {
+    fn train_prompts(&self) -> &[Prompt] {
+        &self.train
+    }
+
+    fn eval_prompts(&self) -> &[Prompt] {
+        &self.eval
+    }
+
+    fn train_references(&self) -> Option<&[Vec<i64>]> {
+        Some(&self.train_references)
+    }
+
+    fn max_new_tokens(&self) -> i64 {
+        self.max_new_tokens
+    }
+
+    fn eos_token(&self) -> Option<i64> {
+        self.eos
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentimentTaskConfig {
+    /// Completion length cap (tokens).
+    #[serde(default = "default_max_new_tokens")]
+    pub max_new_tokens: i64,
+    /// How many training prompts to use (the first of the train split).
+    #[serde(default = "default_train_prompts")]
+    pub train_prompts: usize,
+    /// How many held-out prompts to evaluate on (the first of the test split).
+    #[serde(default = "default_eval_prompts")]
+    pub eval_prompts: usize,
+    /// Wrap prompts in the model's chat template.
+    #[serde(default)]
+    pub chat: bool,
+    /// Where the data is and how it is split (see `SentimentConfig`).
+    #[serde(default)]
+    pub data: SentimentConfig,
+}
+
+fn default_max_new_tokens() -> i64 {
+    24
+}
+fn default_train_prompts() -> usize {
+    256
+}
+fn default_eval_prompts() -> usize {
+    64
+}
+
+struct SentimentSpec(SentimentTaskConfig);
+
+impl TaskSpec for SentimentSpec {
+    fn build(&self, ctx: &TaskContext) -> anyhow::Result<Box<dyn Task>> {
+        let codec: &Arc<dyn TextCodec> = ctx.codec.as_ref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "task `sentiment` is text: it needs a model with a tokenizer (e.g. `[model.hf]`)"
+            )
+        })?;
+        let data = SentimentData::load(&self.0.data)?;
+        let c = &self.0;
+        let take = |split: Split, n: usize| {
+            data.demonstrations(split)
+                .into_iter()
+                .take(n)
+                .collect::<Vec<_>>()
+        };
+        let (train, eval) = (
+            take(Split::Train, c.train_prompts),
+            take(Split::Test, c.eval_prompts),
+        );
+        anyhow::ensure!(
+            !train.is_empty(),
+            "task `sentiment`: the train split has no prompts"
+        );
+        Ok(Box::new(TextTask::tokenize(
+            codec.as_ref(),
+            &train,
+            &eval,
+            c.chat,
+            c.max_new_tokens,
+        )?))
+    }
+}
+
+fn construct(de: ConfigDeserializer) -> Result<Built<dyn TaskSpec>, PluginError> {
+    build_from_config(de, |c: &SentimentTaskConfig| {
+        if c.max_new_tokens < 1 {
+            return Err(PluginError::invalid("max_new_tokens", "must be ≥ 1"));
+        }
+        if c.train_prompts == 0 {
+            return Err(PluginError::invalid("train_prompts", "must be ≥ 1"));
+        }
+        c.data
+            .validate()
+            .map_err(|e| PluginError::invalid("data", e.to_string()))?;
+        Ok(Box::new(SentimentSpec(c.clone())) as Box<dyn TaskSpec>)
+    })
+}
+
+align_core::inventory::submit! {
+    Plugin {
+        name: "sentiment",
+        description: "continue movie-review openings positively (VADER-rated snippets + Rotten Tomatoes; gold: rest of a positive review)",
+        constructor: Constructor::Task(construct),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A codec over bytes: one token per byte, BOS = 256, EOS = 257.
+    struct Bytes;
+    impl TextCodec for Bytes {
+        fn encode(&self, text: &str, special: bool) -> anyhow::Result<Vec<i64>> {
+            Ok(special
+                .then_some(256)
+                .into_iter()
+                .chain(text.bytes().map(i64::from))
+                .collect())
+        }
+        fn decode(&self, ids: &[i64]) -> anyhow::Result<String> {
+            Ok(ids
+                .iter()
+                .filter(|&&i| i < 256)
+                .map(|&i| i as u8 as char)
+                .collect())
+        }
+        fn eos_token_id(&self) -> Option<i64> {
+            Some(257)
+        }
+    }
+
+    #[test]
+    fn prompts_get_special_tokens_and_references_do_not() {
+        let demo = |p: &str, r: &str| Demonstration {
+            prompt: p.into(),
+            reference: r.into(),
+        };
+        let task = TextTask::tokenize(
+            &Bytes,
+            &[demo("A fine", " film indeed")],
+            &[demo("Not", " bad")],
+            false,
+            8,
+        )
+        .unwrap();
+        assert_eq!(
+            task.train_prompts()[0].ids,
+            [
+                256,
+                b'A' as i64,
+                b' ' as i64,
+                b'f' as i64,
+                b'i' as i64,
+                b'n' as i64,
+                b'e' as i64
+            ]
+        );
+        assert_eq!(
+            Bytes.decode(&task.train_references().unwrap()[0]).unwrap(),
+            " film indeed"
+        );
+        assert_eq!(task.eval_prompts()[0].text.as_deref(), Some("Not"));
+        assert_eq!(task.eos_token(), Some(257));
+    }
+}
