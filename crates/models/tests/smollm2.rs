@@ -82,4 +82,25 @@ fn smollm2_gguf_answers_paris() {
         answer.contains("Paris"),
         "answer does not name Paris: {answer:?}"
     );
+
+    // Written out as an HF directory (to a temporary directory, or to
+    // $BRAIN_RS_SMOLLM2_EXPORT, which is kept), it loads back, tokenises the
+    // same and decodes the same answer.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = std::env::var_os("BRAIN_RS_SMOLLM2_EXPORT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| tmp.path().to_path_buf());
+    align_models::gguf::import(&path)
+        .unwrap()
+        .write_hf_dir(&dir)
+        .unwrap();
+    let hf = load(&dir, DType::F32, Device::Cpu).expect("exported HF directory loads");
+    let hf_tok = hf.tokenizer.as_ref().unwrap();
+    let chat = [ChatMessage::user("What is the capital of France?")];
+    assert_eq!(hf_tok.encode_chat(&chat).unwrap(), ids);
+    let again = sample(hf.policy.as_ref(), &prompts, 1, 24, hf_tok.eos_token_id(), &greedy, 0);
+    assert!(
+        again.input_ids.equal(&batch.input_ids),
+        "the exported directory decodes differently"
+    );
 }
