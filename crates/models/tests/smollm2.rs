@@ -98,7 +98,15 @@ fn smollm2_gguf_answers_paris() {
     let hf_tok = hf.tokenizer.as_ref().unwrap();
     let chat = [ChatMessage::user("What is the capital of France?")];
     assert_eq!(hf_tok.encode_chat(&chat).unwrap(), ids);
-    let again = sample(hf.policy.as_ref(), &prompts, 1, 24, hf_tok.eos_token_id(), &greedy, 0);
+    let again = sample(
+        hf.policy.as_ref(),
+        &prompts,
+        1,
+        24,
+        hf_tok.eos_token_id(),
+        &greedy,
+        0,
+    );
     assert!(
         again.input_ids.equal(&batch.input_ids),
         "the exported directory decodes differently"
