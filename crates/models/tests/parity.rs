@@ -217,15 +217,10 @@ fn gradients_flow_and_a_step_raises_the_likelihood() {
     for name in ["tiny-llama", "tiny-gpt2", "tiny-gpt-neox"] {
         let lm = load(&fixture(name), DType::F32, device()).unwrap();
         let e = expected(name);
-        let batch = align_core::SampleBatch {
-            input_ids: e["input_ids"].shallow_clone(),
-            attention_mask: e["attention_mask"].shallow_clone(),
-            completion_mask: e["completion_mask"].shallow_clone(),
-            prompt_index: vec![0, 1, 2],
-            proposal_logp: Tensor::zeros([3], (Kind::Float, device())),
-            model_logp: Tensor::zeros([3], (Kind::Float, device())),
-        };
-        let before = policy_logprobs(lm.policy.as_ref(), &batch).sum(Kind::Float);
+        let (ids, mask, cmask) = (&e["input_ids"], &e["attention_mask"], &e["completion_mask"]);
+        let score =
+            || sequence_logprobs(&lm.policy.forward(ids, mask), ids, cmask).sum(Kind::Float);
+        let before = score();
         let mut opt = tch::nn::Sgd::default()
             .build(lm.policy.var_store(), 1e-3)
             .unwrap();
@@ -233,7 +228,7 @@ fn gradients_flow_and_a_step_raises_the_likelihood() {
         for (n, v) in lm.policy.var_store().variables() {
             assert!(v.grad().defined(), "{name}: no gradient for {n}");
         }
-        let after = tch::no_grad(|| policy_logprobs(lm.policy.as_ref(), &batch).sum(Kind::Float));
+        let after = tch::no_grad(score);
         assert!(
             after.double_value(&[]) > before.double_value(&[]),
             "{name}: one SGD step did not raise the log-likelihood"
