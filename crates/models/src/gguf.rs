@@ -739,3 +739,27 @@ pub fn load(path: &Path, dtype: DType, device: Device) -> Result<LanguageModel> 
         source: path.to_path_buf(),
     })
 }
+
+/// Only the tokenizer of a GGUF file (no tensors dequantized).
+pub fn load_tokenizer(path: &Path) -> Result<Option<TextTokenizer>> {
+    let f = GgufFile::read(path)?;
+    if f.get("tokenizer.ggml.model").is_none() {
+        return Ok(None);
+    }
+    let (tok, config) = gguf_tokenizer(&f)?;
+    let vocab = f
+        .tensors
+        .iter()
+        .find(|t| t.name == "token_embd.weight")
+        .map_or(tok.get_vocab_size(true) as i64, |t| t.shape()[0]);
+    let s = |k: &str| config[k].as_str().map(str::to_string);
+    TextTokenizer::from_parts(
+        tok,
+        path,
+        s("chat_template"),
+        s("bos_token"),
+        s("eos_token"),
+        vocab,
+    )
+    .map(Some)
+}

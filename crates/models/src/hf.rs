@@ -295,6 +295,27 @@ impl ModelSpec for HfSpec {
         }
         Ok(lm.policy)
     }
+
+    fn codec(&self) -> anyhow::Result<Option<std::sync::Arc<dyn align_core::TextCodec>>> {
+        let tok = load_tokenizer(&self.0.path.0)?;
+        Ok(tok.map(|t| std::sync::Arc::new(t) as std::sync::Arc<dyn align_core::TextCodec>))
+    }
+}
+
+/// The tokenizer of an HF directory or GGUF file, without loading weights.
+pub fn load_tokenizer(path: &Path) -> Result<Option<TextTokenizer>> {
+    if path.is_file() && path.extension().is_some_and(|e| e == "gguf") {
+        return crate::gguf::load_tokenizer(path);
+    }
+    if !path.join("tokenizer.json").is_file() {
+        return Ok(None);
+    }
+    #[derive(Deserialize)]
+    struct Vocab {
+        vocab_size: i64,
+    }
+    let v: Vocab = read_json(&path.join("config.json"))?;
+    TextTokenizer::from_dir(path, v.vocab_size).map(Some)
 }
 
 fn construct(de: ConfigDeserializer) -> std::result::Result<Built<dyn ModelSpec>, PluginError> {

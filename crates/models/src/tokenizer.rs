@@ -285,3 +285,25 @@ pub fn render_chat_template(
         eos_token => eos_token.unwrap_or(""),
     })
 }
+
+impl align_core::TextCodec for TextTokenizer {
+    fn encode(&self, text: &str, special: bool) -> anyhow::Result<Vec<i64>> {
+        Ok(TextTokenizer::encode(self, text, special)?)
+    }
+
+    fn encode_chat_prompt(&self, user: &str) -> anyhow::Result<Vec<i64>> {
+        if self.chat_template.is_some() {
+            Ok(self.encode_chat(&[ChatMessage::user(user)])?)
+        } else {
+            Ok(TextTokenizer::encode(self, user, true)?)
+        }
+    }
+
+    fn decode(&self, ids: &[i64]) -> anyhow::Result<String> {
+        Ok(TextTokenizer::decode(self, ids, true)?)
+    }
+
+    fn eos_token_id(&self) -> Option<i64> {
+        self.eos_id
+    }
+}

@@ -145,3 +145,23 @@ fn unpermute_inverts_llama_cpp_permutation() {
         .reshape([h * d, cols]);
     assert!(gguf::unpermute_qk(&permuted, h).equal(&w));
 }
+
+#[test]
+fn hf_plugin_codec_reads_only_the_tokenizer() {
+    use align_core::TextCodec;
+    for path in [fixture("tiny-llama"), gguf_path()] {
+        let tok = align_models::hf::load_tokenizer(&path).unwrap().unwrap();
+        let ids = tok
+            .encode_chat_prompt("What is the capital of France?")
+            .unwrap();
+        let rendered = expected_json("tiny-llama")["chat"]["rendered"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(ids, TextTokenizer::encode(&tok, &rendered, false).unwrap());
+        assert_eq!(TextCodec::eos_token_id(&tok), tok.eos_token_id());
+    }
+    assert!(align_models::hf::load_tokenizer(&fixture("tiny-bert"))
+        .unwrap()
+        .is_none());
+}
