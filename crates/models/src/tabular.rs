@@ -5,6 +5,9 @@
 use align_core::manifest::InputPath;
 use align_core::registry::{build_from_config, Built, ConfigDeserializer, Constructor};
 use align_core::{ModelContext, ModelSpec, Plugin, PluginError, Policy};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
@@ -67,9 +70,14 @@ impl Tabular {
         }
         let vs = nn::VarStore::new(ctx.device);
         let mut table = vs.root().zeros("table", &[total, vocab]);
-        // Draw the initial table on the CPU so every device starts from the same prior.
-        tch::manual_seed(ctx.seed as i64);
-        let init = Tensor::randn([total, vocab], (Kind::Float, tch::Device::Cpu)) * init_std;
+        // Draw the initial table from a seeded generator of our own: the same
+        // prior on every device, whatever else uses LibTorch's global one.
+        let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed);
+        let normal = Normal::new(0.0f32, init_std as f32)?;
+        let values: Vec<f32> = (0..total * vocab)
+            .map(|_| normal.sample(&mut rng))
+            .collect();
+        let init = Tensor::from_slice(&values).view([total, vocab]);
         tch::no_grad(|| table.copy_(&init));
         Ok(Tabular {
             vs,
