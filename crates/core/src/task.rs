@@ -27,6 +27,12 @@ pub trait Task: Send + Sync {
         None
     }
 
+    /// Reference (gold) completion of each held-out prompt, aligned with
+    /// [`Task::eval_prompts`], for win rates against gold.
+    fn eval_references(&self) -> Option<&[Vec<i64>]> {
+        None
+    }
+
     /// Completion length cap for sampling.
     fn max_new_tokens(&self) -> i64;
 

@@ -19,6 +19,7 @@ pub struct TextTask {
     train: Vec<Prompt>,
     train_references: Vec<Vec<i64>>,
     eval: Vec<Prompt>,
+    eval_references: Vec<Vec<i64>>,
     max_new_tokens: i64,
     eos: Option<i64>,
 }
@@ -53,14 +54,19 @@ impl TextTask {
             .par_iter()
             .map(|d| codec.encode(&d.reference, false))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let eval = eval
+        let eval_prompts = eval
             .par_iter()
             .map(prompt)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let eval_references = eval
+            .par_iter()
+            .map(|d| codec.encode(&d.reference, false))
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(TextTask {
             train: train_prompts,
             train_references,
-            eval,
+            eval: eval_prompts,
+            eval_references,
             max_new_tokens,
             eos: codec.eos_token_id(),
         })
@@ -78,6 +84,10 @@ impl Task for TextTask {
 
     fn train_references(&self) -> Option<&[Vec<i64>]> {
         Some(&self.train_references)
+    }
+
+    fn eval_references(&self) -> Option<&[Vec<i64>]> {
+        Some(&self.eval_references)
     }
 
     fn max_new_tokens(&self) -> i64 {
