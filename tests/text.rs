@@ -26,50 +26,9 @@ fn sentiment_on_a_tiny_llama() {
         return;
     }
     runner::link_plugins();
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
-    let manifest = format!(
-        r#"name = "tiny-sentiment"
-seed = 3
-device = "cpu"
-
-[task.sentiment]
-max_new_tokens = 6
-train_prompts = 8
-eval_prompts = 4
-
-[model.hf]
-path = "{}"
-
-[reward.lexicon]
-
-[goodness.bt-exp]
-tau = 0.5
-
-[evaluators.reward-stats]
-samples = 2
-
-[train]
-steps = 2
-lr = 1e-3
-prompts_per_step = 2
-
-[[runs]]
-name = "brain"
-[runs.estimator.brain]
-n = 3
-refresh_every = 1
-
-[[runs]]
-name = "dpo"
-[runs.estimator.dpo]
-beta = 0.1
-"#,
-        fixtures.join("tiny-llama").display()
-    );
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments/tiny-sentiment.toml");
+    let manifest = Manifest::load(&path, &["device=cpu".into()]).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("m.toml");
-    std::fs::write(&path, manifest).unwrap();
-    let manifest = Manifest::load(&path, &[]).unwrap();
     let outcome = runner::run(&manifest, &dir.path().join("out"), false).unwrap();
     let names: Vec<&str> = outcome.rows.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["prior", "brain", "dpo"]);
