@@ -2,6 +2,7 @@
 # GPU check on a lent CUDA machine that has PyTorch 2.11 (cu130) but no Rust:
 # runs a runner binary built here against that machine's LibTorch.
 #   here:  cargo build -p runner && objcopy --strip-debug target/debug/runner target/gpu/runner
+#          cp ~/.cache/brain-rs/data/*.{gz,whl} target/gpu/data/   (optional: the text pipeline)
 #   there: bash scripts/gpu-check.sh target/gpu/runner "$OUT"
 set -euo pipefail
 BIN=${1:-target/gpu/runner}
@@ -16,3 +17,9 @@ for dev in cuda cpu; do
   TIMEFORMAT="wall seconds on $dev: %R"
   time "$BIN" --quiet experiments/exact.toml --set device=$dev --out "$OUT/exact-$dev"
 done
+
+if [ -d target/gpu/data ]; then
+  echo "== experiments/tiny-sentiment.toml (text pipeline, tiny Llama) on cuda"
+  TIMEFORMAT="wall seconds: %R"
+  time BRAIN_RS_DATA=target/gpu/data "$BIN" --quiet experiments/tiny-sentiment.toml --set device=cuda --out "$OUT/tiny-sentiment-cuda"
+fi
