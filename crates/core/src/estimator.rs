@@ -60,6 +60,12 @@ pub trait Estimator: Send + Sync {
         0.0
     }
 
+    /// Train on the task's preference pairs (chosen first, rejected second,
+    /// `reward` 1 and 0) instead of sampling: DPO's "direct" mode.
+    fn uses_dataset_pairs(&self) -> bool {
+        false
+    }
+
     /// Whether [`GroupInputs::reference_policy_logp`] must be filled in (the
     /// task must then provide reference outputs).
     fn needs_reference(&self) -> bool {

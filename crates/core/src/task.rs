@@ -9,6 +9,15 @@ pub struct Prompt {
     pub text: Option<String>,
 }
 
+/// A tokenized preference pair, for estimators trained on dataset pairs
+/// ("direct" DPO) instead of samples.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenPair {
+    pub prompt: Prompt,
+    pub chosen: Vec<i64>,
+    pub rejected: Vec<i64>,
+}
+
 pub trait Task: Send + Sync {
     /// Vocabulary size the task's token ids live in, if the task fixes one.
     fn vocab_size(&self) -> Option<i64> {
@@ -24,6 +33,11 @@ pub trait Task: Send + Sync {
     /// Reference (gold / SFT) completion of each training prompt, aligned with
     /// [`Task::train_prompts`], for estimators that regularise toward it.
     fn train_references(&self) -> Option<&[Vec<i64>]> {
+        None
+    }
+
+    /// Preference pairs to train on, for tasks built from a preference dataset.
+    fn train_pairs(&self) -> Option<&[TokenPair]> {
         None
     }
 

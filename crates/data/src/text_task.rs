@@ -5,14 +5,17 @@
 
 use std::sync::Arc;
 
+use align_core::manifest::InputPath;
 use align_core::registry::{build_from_config, Built, ConfigDeserializer, Constructor};
-use align_core::task::Prompt;
+use align_core::task::{Prompt, TokenPair};
 use align_core::{Plugin, PluginError, Task, TaskContext, TaskSpec, TextCodec};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::sentiment::{SentimentConfig, SentimentData};
-use crate::{Demonstration, Split};
+use crate::{
+    Demonstration, FileDatasetConfig, FileFormat, FileRecords, PreferencePair, Split, SplitConfig,
+};
 
 /// Prompts and references tokenized once, at build time.
 pub struct TextTask {
@@ -20,6 +23,7 @@ pub struct TextTask {
     train_references: Vec<Vec<i64>>,
     eval: Vec<Prompt>,
     eval_references: Vec<Vec<i64>>,
+    pairs: Vec<TokenPair>,
     max_new_tokens: i64,
     eos: Option<i64>,
 }
@@ -67,6 +71,7 @@ impl TextTask {
             train_references,
             eval: eval_prompts,
             eval_references,
+            pairs: Vec::new(),
             max_new_tokens,
             eos: codec.eos_token_id(),
         })
@@ -84,6 +89,10 @@ impl Task for TextTask {
 
     fn train_references(&self) -> Option<&[Vec<i64>]> {
         Some(&self.train_references)
+    }
+
+    fn train_pairs(&self) -> Option<&[TokenPair]> {
+        (!self.pairs.is_empty()).then_some(&self.pairs[..])
     }
 
     fn eval_references(&self) -> Option<&[Vec<i64>]> {
@@ -184,6 +193,123 @@ align_core::inventory::submit! {
         name: "sentiment",
         description: "continue movie-review openings positively (VADER-rated snippets + Rotten Tomatoes; gold: rest of a positive review)",
         constructor: Constructor::Task(construct),
+    }
+}
+
+/// `[task.preference-file]`: a preference or demonstration file in one of the
+/// public formats (HH-RLHF JSONL(.gz), TL;DR Parquet / JSON lines). Pairs feed
+/// "direct" estimators; the chosen (or reference) output of each prompt is its
+/// gold / SFT target. Train / test by a hash of the prompt.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreferenceFileConfig {
+    pub format: FileFormat,
+    pub path: InputPath,
+    #[serde(default = "crate::rows::default_max_bad_fraction")]
+    pub max_bad_fraction: f64,
+    #[serde(default = "default_max_new_tokens")]
+    pub max_new_tokens: i64,
+    /// How many training records to use (the first of the train split; default all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_records: Option<usize>,
+    #[serde(default = "default_eval_prompts")]
+    pub eval_prompts: usize,
+    #[serde(default)]
+    pub chat: bool,
+    #[serde(default)]
+    pub split: SplitConfig,
+}
+
+struct PreferenceFileSpec(PreferenceFileConfig);
+
+impl TaskSpec for PreferenceFileSpec {
+    fn build(&self, ctx: &TaskContext) -> anyhow::Result<Box<dyn Task>> {
+        let c = &self.0;
+        let codec = ctx.codec.as_ref().ok_or_else(|| {
+            anyhow::anyhow!("task `preference-file` is text: it needs a model with a tokenizer (e.g. `[model.hf]`)")
+        })?;
+        let file = FileDatasetConfig {
+            format: c.format,
+            path: c.path.0.clone(),
+            max_bad_fraction: c.max_bad_fraction,
+        };
+        let (pairs, demos): (Vec<PreferencePair>, Vec<Demonstration>) = match file.load()? {
+            FileRecords::Pairs(loaded) => {
+                let demos = loaded
+                    .records
+                    .iter()
+                    .map(|p| Demonstration {
+                        prompt: p.prompt.clone(),
+                        reference: p.chosen.clone(),
+                    })
+                    .collect();
+                (loaded.records, demos)
+            }
+            FileRecords::Demonstrations(loaded) => (Vec::new(), loaded.records),
+        };
+        let split_of = |prompt: &str| c.split.split_of(&crate::split::text_key(prompt));
+        let pick = |split: Split, n: usize| -> Vec<Demonstration> {
+            demos
+                .iter()
+                .filter(|d| split_of(&d.prompt) == split)
+                .take(n)
+                .cloned()
+                .collect()
+        };
+        let (train, eval) = (
+            pick(Split::Train, c.train_records.unwrap_or(usize::MAX)),
+            pick(Split::Test, c.eval_prompts),
+        );
+        anyhow::ensure!(
+            !train.is_empty(),
+            "{}: no training records in the train split",
+            c.path.0.display()
+        );
+        let mut task = TextTask::tokenize(codec.as_ref(), &train, &eval, c.chat, c.max_new_tokens)?;
+        let train_pairs: Vec<&PreferencePair> = pairs
+            .iter()
+            .filter(|p| split_of(&p.prompt) == Split::Train)
+            .take(c.train_records.unwrap_or(usize::MAX))
+            .collect();
+        task.pairs = train_pairs
+            .par_iter()
+            .map(|p| -> anyhow::Result<TokenPair> {
+                let ids = if c.chat {
+                    codec.encode_chat_prompt(&p.prompt)?
+                } else {
+                    codec.encode(&p.prompt, true)?
+                };
+                Ok(TokenPair {
+                    prompt: Prompt {
+                        ids,
+                        text: Some(p.prompt.clone()),
+                    },
+                    chosen: codec.encode(&p.chosen, false)?,
+                    rejected: codec.encode(&p.rejected, false)?,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Box::new(task))
+    }
+}
+
+fn construct_preference_file(de: ConfigDeserializer) -> Result<Built<dyn TaskSpec>, PluginError> {
+    build_from_config(de, |c: &PreferenceFileConfig| {
+        if c.max_new_tokens < 1 {
+            return Err(PluginError::invalid("max_new_tokens", "must be ≥ 1"));
+        }
+        c.split
+            .validate()
+            .map_err(|e| PluginError::invalid("split", e.to_string()))?;
+        Ok(Box::new(PreferenceFileSpec(c.clone())) as Box<dyn TaskSpec>)
+    })
+}
+
+align_core::inventory::submit! {
+    Plugin {
+        name: "preference-file",
+        description: "a preference / demonstration file in a public format (HH-RLHF, TL;DR); pairs for direct DPO",
+        constructor: Constructor::Task(construct_preference_file),
     }
 }
 

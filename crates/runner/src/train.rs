@@ -5,7 +5,7 @@ use align_core::logprob::{policy_logprobs, sampling_logprobs};
 use align_core::manifest::{Manifest, Optimizer, Run};
 use align_core::policy::frozen_copy;
 use align_core::sampling::sample;
-use align_core::task::Prompt;
+use align_core::task::{Prompt, TokenPair};
 use align_core::{
     GroupInputs, Metrics, ModelContext, Policy, RewardModel, SampleBatch, Task, TextCodec,
 };
@@ -55,12 +55,20 @@ pub fn train(
         Optimizer::Sgd => nn::Sgd::default().build(policy.var_store(), s.run.lr)?,
     };
     let prompts = s.task.train_prompts();
-    let per_step = train
-        .prompts_per_step
-        .unwrap_or(prompts.len())
-        .min(prompts.len());
-    let mut order: Vec<usize> = (0..prompts.len()).collect();
-    let mut cursor = prompts.len(); // forces a shuffle on the first step
+    // "Direct" estimators step through the task's preference pairs, the
+    // others through its prompts.
+    let pairs = match (estimator.uses_dataset_pairs(), s.task.train_pairs()) {
+        (false, _) => None,
+        (true, Some(pairs)) if !pairs.is_empty() => Some(pairs),
+        (true, _) => anyhow::bail!(
+            "estimator `{}` trains on dataset pairs, and this task has none (use a preference dataset task)",
+            s.run.estimator.plugin
+        ),
+    };
+    let items = pairs.map_or(prompts.len(), <[_]>::len);
+    let per_step = train.prompts_per_step.unwrap_or(items).min(items);
+    let mut order: Vec<usize> = (0..items).collect();
+    let mut cursor = items; // forces a shuffle on the first step
     let mut shuffle_rng = ChaCha8Rng::seed_from_u64(step_seed(s.manifest.seed, "shuffle", 0));
     let mut proposal: Option<Box<dyn Policy>> = None; // None: sample from the prior
     let bar = progress_bar(progress, s.run.steps as u64, &s.run.name);
@@ -109,7 +117,13 @@ pub fn train(
             batch_index.push(order[cursor]);
             cursor += 1;
         }
-        let batch_prompts: Vec<Prompt> = batch_index.iter().map(|&i| prompts[i].clone()).collect();
+        let batch_prompts: Vec<Prompt> = match pairs {
+            Some(pairs) => batch_index
+                .iter()
+                .map(|&i| pairs[i].prompt.clone())
+                .collect(),
+            None => batch_index.iter().map(|&i| prompts[i].clone()).collect(),
+        };
         let p = batch_prompts.len() as i64;
 
         let seed = step_seed(s.manifest.seed, "sample", step);
@@ -125,8 +139,9 @@ pub fn train(
             )
         };
         let from_prior = (estimator.prior_fraction() * n as f64).round() as i64;
-        let drawn = match proposal.as_deref() {
-            Some(current) if from_prior > 0 => pooled(
+        let drawn = match (pairs, proposal.as_deref()) {
+            (Some(pairs), _) => dataset_pairs(pairs, &batch_index, s.prior.device()),
+            (None, Some(current)) if from_prior > 0 => pooled(
                 s,
                 current,
                 &draw,
@@ -142,9 +157,15 @@ pub fn train(
         if let Some(codec) = s.codec {
             drawn.decode_texts(codec)?; // for rewards that read text
         }
-        let reward = {
-            let _guard = tch::no_grad_guard();
-            s.reward.score(&drawn)?.view([p, n])
+        let reward = match pairs {
+            // Chosen (1) over rejected (0): the ranking the pair losses read.
+            Some(_) => Tensor::from_slice(&[1.0f32, 0.0])
+                .to_device(s.prior.device())
+                .repeat([p, 1]),
+            None => {
+                let _guard = tch::no_grad_guard();
+                s.reward.score(&drawn)?.view([p, n])
+            }
         };
         let drawn_reward_mean = reward.mean(Kind::Double).double_value(&[]);
         // Estimators such as RSO train on a reward-chosen subset of the samples;
@@ -202,6 +223,21 @@ pub fn train(
     }
     bar.finish_and_clear();
     Ok(log)
+}
+
+/// The pairs at `index` as a batch: rows `2i` chosen, `2i + 1` rejected.
+fn dataset_pairs(pairs: &[TokenPair], index: &[usize], device: tch::Device) -> SampleBatch {
+    let prompts: Vec<Prompt> = index
+        .iter()
+        .flat_map(|&i| [pairs[i].prompt.clone(), pairs[i].prompt.clone()])
+        .collect();
+    let completions: Vec<Vec<i64>> = index
+        .iter()
+        .flat_map(|&i| [pairs[i].chosen.clone(), pairs[i].rejected.clone()])
+        .collect();
+    let mut batch = SampleBatch::from_pairs(&prompts, &completions, device);
+    batch.prompt_index = (0..index.len()).flat_map(|p| [p, p]).collect();
+    batch
 }
 
 /// `n` samples per prompt pooled from the prior (`from_prior` of them) and the

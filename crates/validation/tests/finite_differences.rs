@@ -102,6 +102,7 @@ fn dpo_with_label_smoothing_and_both_pairings() {
     for pairs in [Pairs::BestVsWorst, Pairs::All] {
         for label_smoothing in [0.0, 0.1] {
             let config = dpo::DpoConfig {
+                source: dpo::PairSource::SftSampleRank,
                 beta: 0.7,
                 label_smoothing,
                 n: N,

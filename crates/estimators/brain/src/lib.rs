@@ -235,6 +235,7 @@ mod tests {
         brain.backward();
         let d = group(&policy, &prior, &prior, &reward, p, n);
         let config = dpo::DpoConfig {
+            source: dpo::PairSource::SftSampleRank,
             beta: 1.0,
             label_smoothing: 0.0,
             n: 2,

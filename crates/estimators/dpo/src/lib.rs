@@ -11,9 +11,22 @@ use tch::{Kind, Tensor};
 /// Referenced by the runner so the linker keeps this crate's registration.
 pub fn link() {}
 
+/// Where DPO's pairs come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PairSource {
+    /// `n` samples of the prior per prompt, ranked by the reward model.
+    #[default]
+    SftSampleRank,
+    /// The task's preference dataset (chosen, rejected).
+    Direct,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DpoConfig {
+    #[serde(default)]
+    pub source: PairSource,
     #[serde(default = "default_beta")]
     pub beta: f64,
     #[serde(default)]
@@ -74,7 +87,14 @@ pub fn dpo_group_loss(inputs: &GroupInputs, config: &DpoConfig) -> (Tensor, Metr
 
 impl Estimator for Dpo {
     fn samples_per_prompt(&self) -> i64 {
-        self.0.n
+        match self.0.source {
+            PairSource::SftSampleRank => self.0.n,
+            PairSource::Direct => 2,
+        }
+    }
+
+    fn uses_dataset_pairs(&self) -> bool {
+        self.0.source == PairSource::Direct
     }
 
     fn loss(&self, inputs: &GroupInputs) -> (Tensor, Metrics) {
