@@ -152,12 +152,9 @@ pub enum RegistryError {
 
 impl Registry {
     /// Builds a registry from explicit registrations (the global one uses inventory).
-    pub fn from_plugins<'a>(
+    pub fn from_plugins(
         plugins: impl IntoIterator<Item = &'static Plugin>,
-    ) -> Result<Registry, RegistryError>
-    where
-        'a: 'static,
-    {
+    ) -> Result<Registry, RegistryError> {
         let mut map = BTreeMap::new();
         for p in plugins {
             let key = (p.constructor.kind(), p.name);

@@ -289,7 +289,6 @@ mod tests {
                 .sum(Kind::Double)
                 .double_value(&[]);
         assert!((m.get("ess_alpha").unwrap() - ess).abs() < 1e-9);
-        let _ = Device::Cpu;
     }
 
     /// Per-prompt offsets of log G (e.g. bt-exp's reward offsets) cancel in α.
