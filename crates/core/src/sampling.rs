@@ -61,6 +61,11 @@ impl SamplingConfig {
         Ok(())
     }
 
+    /// Temperature 1 and no filtering: the sampling distribution is the model's.
+    pub fn is_plain(&self) -> bool {
+        self.temperature == 1.0 && self.top_k.is_none() && self.top_p.is_none()
+    }
+
     /// Log-probs of the distribution actually sampled from: `logits` `[B, V]`
     /// → `[B, V]` (f32), with filtered tokens at −∞.
     pub fn sampling_logprobs(&self, logits: &Tensor) -> Tensor {
@@ -356,7 +361,12 @@ pub fn sample(
                 Tensor::zeros([b, 1], (Kind::Float, device)),
             )
         } else {
-            let logq = config.sampling_logprobs(&last); // [B, V]
+            // Plain sampling draws from the model itself: reuse its log-probs.
+            let logq = if config.is_plain() {
+                raw.shallow_clone()
+            } else {
+                config.sampling_logprobs(&last)
+            }; // [B, V]
             let cdf = logq.exp().cumsum(-1, Kind::Float); // [B, V]
             let u: Vec<f32> = (0..b)
                 .map(|_| rng.random_range(f32::EPSILON..1.0))

@@ -154,8 +154,8 @@ pub fn train(
             _ => draw(q, n, seed),
         };
         let mut drawn = drawn;
-        if let Some(codec) = s.codec {
-            drawn.decode_texts(codec)?; // for rewards that read text
+        if let (Some(codec), None) = (s.codec, pairs) {
+            drawn.decode_texts(codec)?; // for rewards that read text (dataset pairs are not scored)
         }
         let reward = match pairs {
             // Chosen (1) over rejected (0): the ranking the pair losses read.
