@@ -176,6 +176,28 @@ impl<'de> Deserialize<'de> for InputPath {
     }
 }
 
+/// A path a run writes (`~/` is the home directory); need not exist yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputPath(pub PathBuf);
+
+impl<'de> Deserialize<'de> for OutputPath {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Ok(OutputPath(
+            match (text.strip_prefix("~/"), std::env::var_os("HOME")) {
+                (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+                _ => PathBuf::from(&text),
+            },
+        ))
+    }
+}
+
+impl Serialize for OutputPath {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0.to_string_lossy())
+    }
+}
+
 impl Serialize for InputPath {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.0.to_string_lossy())

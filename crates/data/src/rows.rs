@@ -11,7 +11,7 @@ use crate::error::DataError;
 /// The fraction of malformed rows a file may have before loading refuses it.
 pub const DEFAULT_MAX_BAD_FRACTION: f64 = 0.01;
 
-pub(crate) fn default_max_bad_fraction() -> f64 {
+pub fn default_max_bad_fraction() -> f64 {
     DEFAULT_MAX_BAD_FRACTION
 }
 

@@ -31,6 +31,31 @@ pub struct BertConfig {
     pub position_embedding_type: Option<String>,
 }
 
+impl BertConfig {
+    /// Reads and checks `dir/config.json`.
+    pub fn load(dir: &Path) -> Result<(BertConfig, Activation)> {
+        let config_path = dir.join("config.json");
+        let cfg: BertConfig = read_json(&config_path)?;
+        if let Some(t) = cfg
+            .position_embedding_type
+            .as_deref()
+            .filter(|t| *t != "absolute")
+        {
+            return Err(ModelError::file(
+                &config_path,
+                format!("position_embedding_type `{t}` is not supported (only `absolute`)"),
+            ));
+        }
+        let act = Activation::from_hf(&cfg.hidden_act).ok_or_else(|| {
+            ModelError::file(
+                &config_path,
+                format!("unsupported hidden_act `{}`", cfg.hidden_act),
+            )
+        })?;
+        Ok((cfg, act))
+    }
+}
+
 fn two() -> i64 {
     2
 }
@@ -53,7 +78,6 @@ struct Layer {
 }
 
 pub struct Bert {
-    pub vs: nn::VarStore,
     word: Tensor,
     position: Tensor,
     token_type: Tensor,
@@ -65,35 +89,20 @@ pub struct Bert {
 }
 
 impl Bert {
-    /// Loads `config.json` + safetensors from an HF directory.
-    pub fn from_dir(dir: &Path, dtype: DType, device: Device) -> Result<Bert> {
-        let config_path = dir.join("config.json");
-        let cfg: BertConfig = read_json(&config_path)?;
-        if let Some(t) = cfg
-            .position_embedding_type
-            .as_deref()
-            .filter(|t| *t != "absolute")
-        {
-            return Err(ModelError::file(
-                &config_path,
-                format!("position_embedding_type `{t}` is not supported (only `absolute`)"),
-            ));
-        }
-        let act = Activation::from_hf(&cfg.hidden_act).ok_or_else(|| {
-            ModelError::file(
-                &config_path,
-                format!("unsupported hidden_act `{}`", cfg.hidden_act),
-            )
-        })?;
+    /// Loads `config.json` + safetensors from an HF directory: the encoder
+    /// and the variable store that holds its parameters.
+    pub fn from_dir(dir: &Path, dtype: DType, device: Device) -> Result<(nn::VarStore, Bert)> {
+        let (cfg, act) = BertConfig::load(dir)?;
         let weights = Weights::from_dir(dir)?;
-        let mut bert = Bert::new(nn::VarStore::new(device), &cfg, act);
-        weights.load_into(&bert.vs, &["bert."])?;
-        bert.vs.set_kind(dtype.kind());
-        Ok(bert)
+        let mut vs = nn::VarStore::new(device);
+        let bert = Bert::new(vs.root(), &cfg, act);
+        weights.load_into(&vs, &["bert."])?;
+        vs.set_kind(dtype.kind());
+        Ok((vs, bert))
     }
 
-    fn new(vs: nn::VarStore, cfg: &BertConfig, act: Activation) -> Bert {
-        let root = vs.root();
+    /// Declares every parameter under `root` (zeros; load weights afterwards).
+    pub fn new(root: nn::Path, cfg: &BertConfig, act: Activation) -> Bert {
         let (h, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
         let e = root.sub("embeddings");
         let layers = (0..cfg.num_hidden_layers)
@@ -133,7 +142,6 @@ impl Bert {
             .zeros("weight", &[cfg.type_vocab_size, h]);
         let emb_norm = LayerNorm::new(e.sub("LayerNorm"), h, eps);
         Bert {
-            vs,
             word,
             position,
             token_type,

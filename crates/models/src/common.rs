@@ -152,6 +152,26 @@ pub trait CausalLm: Send {
     fn num_layers(&self) -> usize;
 }
 
+impl CausalLm for Box<dyn CausalLm> {
+    fn hidden(
+        &self,
+        input_ids: &Tensor,
+        position_ids: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor {
+        (**self).hidden(input_ids, position_ids, mask, cache)
+    }
+
+    fn logits(&self, hidden: &Tensor) -> Tensor {
+        (**self).logits(hidden)
+    }
+
+    fn num_layers(&self) -> usize {
+        (**self).num_layers()
+    }
+}
+
 /// A decoder-only model with its parameters: implements [`Policy`].
 pub struct CausalModel<M> {
     pub vs: nn::VarStore,

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device};
 
-use crate::common::{Activation, CausalModel};
+use crate::common::{Activation, CausalLm, CausalModel};
 use crate::error::{ModelError, Result};
 use crate::gpt2::{Gpt2, Gpt2Config};
 use crate::gpt_neox::{GptNeoX, GptNeoXConfig};
@@ -136,9 +136,11 @@ pub fn architecture(config_path: &Path, config: &serde_json::Value) -> Result<Ar
         .as_ref()
         .and_then(|a| a.first().cloned());
     let by_arch = match arch.as_deref() {
-        Some("LlamaForCausalLM") => Some(Architecture::Llama),
-        Some("GPT2LMHeadModel") => Some(Architecture::Gpt2),
-        Some("GPTNeoXForCausalLM") => Some(Architecture::GptNeoX),
+        Some("LlamaForCausalLM" | "LlamaForSequenceClassification") => Some(Architecture::Llama),
+        Some("GPT2LMHeadModel" | "GPT2ForSequenceClassification") => Some(Architecture::Gpt2),
+        Some("GPTNeoXForCausalLM" | "GPTNeoXForSequenceClassification") => {
+            Some(Architecture::GptNeoX)
+        }
         _ => None,
     };
     let by_type = match sniff.model_type.as_deref() {
@@ -156,6 +158,15 @@ pub fn architecture(config_path: &Path, config: &serde_json::Value) -> Result<Ar
     })
 }
 
+/// Whether `config.json` declares a `*ForSequenceClassification` model (a
+/// scalar or class head instead of the LM head).
+pub fn is_sequence_classifier(config: &serde_json::Value) -> bool {
+    config["architectures"]
+        .get(0)
+        .and_then(|a| a.as_str())
+        .is_some_and(|a| a.ends_with("ForSequenceClassification"))
+}
+
 fn parse<T: DeserializeOwned>(path: &Path, config: &serde_json::Value) -> Result<T> {
     serde_json::from_value(config.clone())
         .map_err(|e| ModelError::file(path, format!("invalid config: {e}")))
@@ -164,6 +175,69 @@ fn parse<T: DeserializeOwned>(path: &Path, config: &serde_json::Value) -> Result
 fn activation(path: &Path, name: &str) -> Result<Activation> {
     Activation::from_hf(name)
         .ok_or_else(|| ModelError::file(path, format!("unsupported activation `{name}`")))
+}
+
+/// A decoder-only transformer declared in a variable store (weights not yet
+/// loaded).
+pub struct DecoderBody {
+    pub model: Box<dyn CausalLm>,
+    pub architecture: Architecture,
+    pub vocab_size: i64,
+    pub hidden_size: i64,
+    /// Checkpoint key prefixes [`Weights::load_into`] may strip or add.
+    pub prefixes: &'static [&'static str],
+}
+
+/// Declares the decoder described by a parsed `config.json` under `root`.
+/// Without `lm_head` no output projection is declared (a reward model's
+/// checkpoint has a `score` head instead).
+pub fn declare_decoder(
+    config_path: &Path,
+    config: &serde_json::Value,
+    root: nn::Path,
+    lm_head: bool,
+) -> Result<DecoderBody> {
+    let architecture = architecture(config_path, config)?;
+    let mut config = config.clone();
+    if !lm_head {
+        // A tied head declares no parameter of its own.
+        config["tie_word_embeddings"] = serde_json::Value::Bool(true);
+    }
+    let body = |model: Box<dyn CausalLm>, vocab_size, hidden_size, prefixes| DecoderBody {
+        model,
+        architecture,
+        vocab_size,
+        hidden_size,
+        prefixes,
+    };
+    Ok(match architecture {
+        Architecture::Llama => {
+            let cfg: LlamaConfig = parse(config_path, &config)?;
+            cfg.rope.check(config_path)?;
+            let act = activation(config_path, &cfg.hidden_act)?;
+            let model = Llama::new(root, &cfg, act, cfg.rope.theta(10_000.0));
+            body(Box::new(model), cfg.vocab_size, cfg.hidden_size, &[])
+        }
+        Architecture::Gpt2 => {
+            let cfg: Gpt2Config = parse(config_path, &config)?;
+            let act = activation(config_path, &cfg.activation_function)?;
+            let model = Gpt2::new(root, &cfg, act);
+            body(
+                Box::new(model),
+                cfg.vocab_size,
+                cfg.n_embd,
+                &["transformer."],
+            )
+        }
+        Architecture::GptNeoX => {
+            let cfg: GptNeoXConfig = parse(config_path, &config)?;
+            cfg.rope.check(config_path)?;
+            let act = activation(config_path, &cfg.hidden_act)?;
+            let (theta, partial) = (cfg.rope.theta(10_000.0), cfg.rope.partial());
+            let model = GptNeoX::new(root, &cfg, act, theta, partial);
+            body(Box::new(model), cfg.vocab_size, cfg.hidden_size, &[])
+        }
+    })
 }
 
 /// Builds a decoder-only model from a parsed `config.json` and loads `weights`
@@ -175,55 +249,16 @@ pub fn build_causal(
     dtype: DType,
     device: Device,
 ) -> Result<(Box<dyn Policy>, Architecture)> {
-    let arch = architecture(config_path, config)?;
     let mut vs = nn::VarStore::new(device);
-    let policy: Box<dyn Policy> = match arch {
-        Architecture::Llama => {
-            let cfg: LlamaConfig = parse(config_path, config)?;
-            cfg.rope.check(config_path)?;
-            let act = activation(config_path, &cfg.hidden_act)?;
-            let model = Llama::new(vs.root(), &cfg, act, cfg.rope.theta(10_000.0));
-            weights.load_into(&vs, &[])?;
-            vs.set_kind(dtype.kind());
-            Box::new(CausalModel {
-                vs,
-                model,
-                vocab: cfg.vocab_size,
-            })
-        }
-        Architecture::Gpt2 => {
-            let cfg: Gpt2Config = parse(config_path, config)?;
-            let act = activation(config_path, &cfg.activation_function)?;
-            let model = Gpt2::new(vs.root(), &cfg, act);
-            weights.load_into(&vs, &["transformer."])?;
-            vs.set_kind(dtype.kind());
-            Box::new(CausalModel {
-                vs,
-                model,
-                vocab: cfg.vocab_size,
-            })
-        }
-        Architecture::GptNeoX => {
-            let cfg: GptNeoXConfig = parse(config_path, config)?;
-            cfg.rope.check(config_path)?;
-            let act = activation(config_path, &cfg.hidden_act)?;
-            let model = GptNeoX::new(
-                vs.root(),
-                &cfg,
-                act,
-                cfg.rope.theta(10_000.0),
-                cfg.rope.partial(),
-            );
-            weights.load_into(&vs, &[])?;
-            vs.set_kind(dtype.kind());
-            Box::new(CausalModel {
-                vs,
-                model,
-                vocab: cfg.vocab_size,
-            })
-        }
-    };
-    Ok((policy, arch))
+    let body = declare_decoder(config_path, config, vs.root(), true)?;
+    weights.load_into(&vs, body.prefixes)?;
+    vs.set_kind(dtype.kind());
+    let policy = Box::new(CausalModel {
+        vs,
+        model: body.model,
+        vocab: body.vocab_size,
+    });
+    Ok((policy, body.architecture))
 }
 
 /// A loaded language model and its tokenizer.
@@ -254,6 +289,13 @@ pub fn load(path: &Path, dtype: DType, device: Device) -> Result<LanguageModel> 
     let config: serde_json::Value = read_json(&config_path)?;
     // Check the architecture before reading (possibly large) weights.
     architecture(&config_path, &config)?;
+    if is_sequence_classifier(&config) {
+        return Err(ModelError::file(
+            &config_path,
+            "this is a reward model (`…ForSequenceClassification`), not a language model; \
+             use it as a reward: `[reward.hf-rm] path = \"…\"`",
+        ));
+    }
     let weights = Weights::from_dir(path)?;
     let (policy, architecture) = build_causal(&config_path, &config, &weights, dtype, device)?;
     let tokenizer = if path.join("tokenizer.json").is_file() {

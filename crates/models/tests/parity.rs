@@ -119,7 +119,7 @@ fn gpt_neox_matches_transformers() {
 #[test]
 fn bert_matches_transformers() {
     assert_eq!(expected_json("tiny-bert")["transformers"], TRANSFORMERS);
-    let bert =
+    let (_vs, bert) =
         align_models::bert::Bert::from_dir(&fixture("tiny-bert"), DType::F32, device()).unwrap();
     let e = expected("tiny-bert");
     let mask = &e["attention_mask"];

@@ -1,7 +1,15 @@
 //! Reward models, each registered as a `reward` plugin.
+//!
+//! - [`lexicon`]: VADER's sentiment lexicon (no training).
+//! - [`random_table`]: random rewards for enumerable toy tasks.
+//! - [`hf_rm`]: trained scalar-head reward models ([`scalar`]) from HF
+//!   directories, trained by [`training`] (Bradley–Terry or classifier loss).
 
+pub mod hf_rm;
 pub mod lexicon;
 pub mod random_table;
+pub mod scalar;
+pub mod training;
 
 /// Referenced by the runner so the linker keeps this crate's registrations.
 pub fn link() {}

