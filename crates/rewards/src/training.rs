@@ -304,8 +304,16 @@ pub fn accuracy(rm: &ScalarRm, examples: &Examples, batch: usize) -> anyhow::Res
                 .count()
         }
         Examples::Pairs(_) => {
-            let r = rm.score_texts(&texts, batch)?;
-            r.chunks(2).filter(|c| c[0] > c[1]).count()
+            // A text is usually in several pairs: score each once.
+            let mut unique: Vec<&str> = texts.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            let r = rm.score_texts(&unique, batch)?;
+            let reward = |t: &str| r[unique.binary_search(&t).expect("scored above")];
+            texts
+                .chunks(2)
+                .filter(|c| reward(c[0]) > reward(c[1]))
+                .count()
         }
     };
     Ok(correct as f64 / examples.len() as f64)
