@@ -151,7 +151,7 @@ impl CausalLm for Gpt2 {
     }
 
     fn logits(&self, hidden: &Tensor) -> Tensor {
-        hidden.linear::<&Tensor>(&self.wte, None)
+        crate::common::linear(hidden, &self.wte, None)
     }
 
     fn num_layers(&self) -> usize {

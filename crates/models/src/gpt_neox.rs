@@ -172,7 +172,7 @@ impl CausalLm for GptNeoX {
     }
 
     fn logits(&self, hidden: &Tensor) -> Tensor {
-        hidden.linear::<&Tensor>(self.embed_out.as_ref().unwrap_or(&self.embed_in), None)
+        crate::common::linear(hidden, self.embed_out.as_ref().unwrap_or(&self.embed_in), None)
     }
 
     fn num_layers(&self) -> usize {

@@ -178,7 +178,11 @@ impl CausalLm for Llama {
     }
 
     fn logits(&self, hidden: &Tensor) -> Tensor {
-        hidden.linear::<&Tensor>(self.lm_head.as_ref().unwrap_or(&self.embed_tokens), None)
+        crate::common::linear(
+            hidden,
+            self.lm_head.as_ref().unwrap_or(&self.embed_tokens),
+            None,
+        )
     }
 
     fn num_layers(&self) -> usize {
