@@ -118,3 +118,55 @@ beta = 1.0
         "DPO did not learn the preferences: losses {losses:?}"
     );
 }
+
+/// A trained reward model as the experiment's reward: `[reward.hf-rm]` with
+/// the tiny `LlamaForSequenceClassification` scores the decoded samples.
+#[test]
+fn hf_reward_model_scores_the_samples_of_a_run() {
+    if !data_present() {
+        eprintln!("SKIPPED hf_reward_model_scores_the_samples_of_a_run: sentiment data not found; run `cargo xtask setup`");
+        return;
+    }
+    runner::link_plugins();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let fixtures = root.join("tests/fixtures").canonicalize().unwrap();
+    let text = std::fs::read_to_string(root.join("experiments/tiny-sentiment.toml"))
+        .unwrap()
+        .replace(
+            "[reward.lexicon]",
+            &format!(
+                "[reward.hf-rm]\npath = \"{}\"",
+                fixtures.join("tiny-llama-rm").display()
+            ),
+        )
+        .replace(
+            "../tests/fixtures/tiny-llama",
+            &fixtures.join("tiny-llama").display().to_string(),
+        );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rm-sentiment.toml");
+    std::fs::write(&path, text).unwrap();
+    let manifest = Manifest::load(&path, &["device=cpu".into()]).unwrap();
+    let outcome = runner::run(&manifest, &dir.path().join("out"), false).unwrap();
+    for row in &outcome.rows {
+        let r = row.metrics.get("reward").unwrap();
+        // The random head's rewards are far from the lexicon's [-1, 1] zeros.
+        assert!(r.is_finite() && r != 0.0, "{}: reward {r}", row.name);
+    }
+    // Asking for two labels of the one-label checkpoint fails naming both.
+    let bad = Manifest::load(
+        &path,
+        &["device=cpu".into(), "reward.hf-rm.num_labels=2".into()],
+    )
+    .unwrap();
+    let err = format!(
+        "{:#}",
+        runner::run(&bad, &dir.path().join("bad"), false)
+            .err()
+            .unwrap()
+    );
+    assert!(
+        err.contains("declares 1 label(s)") && err.contains("num_labels = 2"),
+        "{err}"
+    );
+}

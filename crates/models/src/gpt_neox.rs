@@ -172,7 +172,11 @@ impl CausalLm for GptNeoX {
     }
 
     fn logits(&self, hidden: &Tensor) -> Tensor {
-        crate::common::linear(hidden, self.embed_out.as_ref().unwrap_or(&self.embed_in), None)
+        crate::common::linear(
+            hidden,
+            self.embed_out.as_ref().unwrap_or(&self.embed_in),
+            None,
+        )
     }
 
     fn num_layers(&self) -> usize {

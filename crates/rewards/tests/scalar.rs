@@ -152,7 +152,7 @@ fn synthetic(n: usize, seed: usize) -> Vec<(String, i64)> {
         .map(|i| {
             let k = i * 7 + seed * 13;
             let words: Vec<&str> = (0..4).map(|j| filler[(k + j * 5) % filler.len()]).collect();
-            let positive = (i + seed) % 2 == 0;
+            let positive = (i + seed).is_multiple_of(2);
             let mark = if positive { "good" } else { "lazy" };
             let at = k % 4;
             let mut w = words.clone();
