@@ -58,6 +58,9 @@ enum Body {
     },
 }
 
+/// Optimizer group of the head's parameters (the body's are in group 0).
+pub const HEAD_GROUP: usize = 1;
+
 /// A reward model: body, pooling and head, with its tokenizer.
 pub struct ScalarRm {
     pub vs: nn::VarStore,
@@ -296,14 +299,12 @@ impl ScalarRm {
         }
     }
 
+    /// The head's parameters go in optimizer group [`HEAD_GROUP`], so
+    /// training can give them their own learning rate.
     fn declare_head(&self, labels: i64) -> Linear {
         let bias = matches!(self.body, Body::Encoder { .. });
-        Linear::new(
-            self.vs.root().sub(self.head_name()),
-            self.hidden,
-            labels,
-            bias,
-        )
+        let p = self.vs.root().set_group(HEAD_GROUP).sub(self.head_name());
+        Linear::new(p, self.hidden, labels, bias)
     }
 
     pub fn labels(&self) -> &[String] {

@@ -12,7 +12,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::OptimizerConfig, Kind, Tensor};
 
-use crate::scalar::ScalarRm;
+use crate::scalar::{ScalarRm, HEAD_GROUP};
 
 /// `−mean log σ(r_chosen − r_rejected)`: Bradley–Terry negative
 /// log-likelihood of the preferences; `chosen`, `rejected` `[B]`.
@@ -76,6 +76,11 @@ pub struct TrainSettings {
     pub batch_size: usize,
     /// Peak learning rate (AdamW).
     pub lr: f64,
+    /// Peak learning rate of the head (default `lr`). The head starts at
+    /// zero; at a body-sized rate it stays small, and the body learns to
+    /// saturate its features instead, which leaves nearly two-valued rewards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_lr: Option<f64>,
     #[serde(default = "default_wd")]
     pub weight_decay: f64,
     /// Fraction of the steps spent warming the learning rate up from 0; it
@@ -119,6 +124,9 @@ impl TrainSettings {
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return Some(("lr", format!("must be > 0, got {}", self.lr)));
+        }
+        if let Some(h) = self.head_lr.filter(|h| !(*h > 0.0 && h.is_finite())) {
+            return Some(("head_lr", format!("must be > 0, got {h}")));
         }
         if !(0.0..1.0).contains(&self.warmup) {
             return Some(("warmup", format!("must be in [0, 1), got {}", self.warmup)));
@@ -232,13 +240,15 @@ pub fn train(
     let steps_per_epoch = train.len().div_ceil(s.batch_size);
     let total = steps_per_epoch * s.epochs;
     let warmup = ((total as f64) * s.warmup).round() as usize;
-    let lr_at = |step: usize| {
+    // Linear warm-up, then linear decay to 0: the fraction of the peak rate.
+    let schedule = |step: usize| {
         if step < warmup {
-            s.lr * (step + 1) as f64 / warmup as f64
+            (step + 1) as f64 / warmup as f64
         } else {
-            s.lr * (total - step) as f64 / (total - warmup).max(1) as f64
+            (total - step) as f64 / (total - warmup).max(1) as f64
         }
     };
+    let head_lr = s.head_lr.unwrap_or(s.lr);
     let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
     let mut reports = Vec::new();
     let mut step = 0;
@@ -261,7 +271,8 @@ pub fn train(
                     bradley_terry_loss(&r.select(1, 0), &r.select(1, 1))
                 }
             };
-            opt.set_lr(lr_at(step));
+            opt.set_lr(s.lr * schedule(step));
+            opt.set_lr_group(HEAD_GROUP, head_lr * schedule(step));
             opt.backward_step_clip_norm(&loss, s.max_grad_norm);
             let l = loss.double_value(&[]);
             loss_sum += l * batch.len() as f64;

@@ -167,6 +167,7 @@ fn settings() -> TrainSettings {
         epochs: 8,
         batch_size: 8,
         lr: 3e-3,
+        head_lr: None,
         weight_decay: 0.0,
         warmup: 0.0,
         freeze_backbone: false,
@@ -258,5 +259,43 @@ fn bradley_terry_training_on_a_decoder_learns_the_preference() {
     assert_eq!(
         accuracy(&back, &Examples::Pairs(&test_pairs), 8).unwrap(),
         acc
+    );
+}
+
+/// `head_lr` drives the head alone when the body's rate is negligible.
+#[test]
+fn head_learning_rate_is_its_own() {
+    let mut rm = ScalarRm::from_backbone(
+        &fixture("tiny-bert-rm"),
+        Some(Pooling::Mean),
+        vec!["positive".into()],
+        Device::Cpu,
+    )
+    .unwrap();
+    let body_before = rm.vs.variables()["bert.encoder.layer.0.attention.self.query.weight"].copy();
+    let s = TrainSettings {
+        lr: 1e-12,
+        head_lr: Some(1e-2),
+        epochs: 1,
+        ..settings()
+    };
+    let data = synthetic(32, 0);
+    train(
+        &mut rm,
+        &Examples::Labelled(&data),
+        &Examples::Labelled(&data),
+        &s,
+        &mut |_, _, _| {},
+    )
+    .unwrap();
+    let vars = rm.vs.variables();
+    let body_change = (&vars["bert.encoder.layer.0.attention.self.query.weight"] - &body_before)
+        .abs()
+        .max()
+        .double_value(&[]);
+    let head = vars["classifier.weight"].abs().max().double_value(&[]);
+    assert!(
+        body_change < 1e-6 && head > 1e-3,
+        "body moved {body_change}, head {head}"
     );
 }
