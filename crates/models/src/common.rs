@@ -309,9 +309,9 @@ impl Linear {
 /// `x · Wᵀ + b` for `x` `[…, in]`, `weight` `[out, in]`. A decoding step has
 /// only a few rows (one token per sequence); for those, MKL's f32 GEMM on
 /// this kind of CPU runs `W · xᵀ` (weight-major) markedly faster than
-/// `x · Wᵀ` once `out` is large (e.g. 25 vs 42 ms for SmolLM2's 49k-row
-/// output projection at 16 rows; `benches/gemm_orientation.py`), so those
-/// shapes take that route. Same product, different summation order.
+/// `x · Wᵀ` once `out` is large (about 1.5× on SmolLM2's 49k-row output
+/// projection at 16 rows; `benches/gemm_orientation.py` prints the table), so
+/// those shapes take that route. Same product, different summation order.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
     let (out, inp) = weight.size2().expect("weight is [out, in]");
     let rows = x.numel() as i64 / inp.max(1);

@@ -118,7 +118,8 @@ impl ScalarRm {
         device: Device,
     ) -> anyhow::Result<ScalarRm> {
         ensure!(!labels.is_empty(), "a reward head needs at least one label");
-        let mut rm = ScalarRm::declare(dir, pooling, device)?;
+        let config: serde_json::Value = read_json(&dir.join("config.json"))?;
+        let mut rm = ScalarRm::declare(dir, config, pooling, device)?;
         let weights = Weights::from_dir(dir)?;
         rm.load_body(&weights)?;
         let n = labels.len() as i64;
@@ -149,7 +150,8 @@ impl ScalarRm {
             .map(|p| serde_json::from_value::<Pooling>(serde_json::json!(p)))
             .transpose()
             .with_context(|| format!("{}: `brain_rs_pooling`", config_path.display()))?;
-        let mut rm = ScalarRm::declare(dir, pooling, device)?;
+        let labels = config_labels(&config);
+        let mut rm = ScalarRm::declare(dir, config, pooling, device)?;
         let weights = Weights::from_dir(dir)?;
         let head_name = rm.head_name();
         let weight_key = format!("{head_name}.weight");
@@ -157,7 +159,7 @@ impl ScalarRm {
             .get(&weight_key)
             .with_context(|| format!("{}: no head tensor `{weight_key}`", weights.origin()))?;
         let (rows, cols) = head.size2().context("head weight is not 2-D")?;
-        if let Some(labels) = config_labels(&config) {
+        if let Some(labels) = &labels {
             ensure!(
                 labels.len() as i64 == expect.num_labels,
                 "{} declares {} label(s) ({}) but the manifest asks for num_labels = {}",
@@ -179,8 +181,7 @@ impl ScalarRm {
         );
         rm.head = rm.declare_head(rows);
         rm.load_body(&weights)?;
-        rm.labels = config_labels(&config)
-            .unwrap_or_else(|| (0..rows).map(|i| format!("LABEL_{i}")).collect());
+        rm.labels = labels.unwrap_or_else(|| (0..rows).map(|i| format!("LABEL_{i}")).collect());
         rm.reward_label = match &expect.label {
             Some(l) => rm
                 .labels
@@ -204,10 +205,14 @@ impl ScalarRm {
         Ok(rm)
     }
 
-    /// Declares the body (no head yet) from `dir/config.json`.
-    fn declare(dir: &Path, pooling: Option<Pooling>, device: Device) -> anyhow::Result<ScalarRm> {
+    /// Declares the body (no head yet) that `dir/config.json` (`config`) describes.
+    fn declare(
+        dir: &Path,
+        config: serde_json::Value,
+        pooling: Option<Pooling>,
+        device: Device,
+    ) -> anyhow::Result<ScalarRm> {
         let config_path = dir.join("config.json");
-        let config: serde_json::Value = read_json(&config_path)?;
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let (body, hidden, vocab, pooling) = if is_encoder(&config) {
@@ -401,10 +406,7 @@ impl ScalarRm {
     /// Rewards of `texts`, `batch_size` at a time (sorted by length so a batch
     /// pads little), in input order.
     pub fn score_texts(&self, texts: &[&str], batch_size: usize) -> anyhow::Result<Vec<f32>> {
-        let ids = texts
-            .iter()
-            .map(|t| self.encode(t))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let ids = self.encoder().encode_all(texts)?;
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| ids[i].len());
         let mut out = vec![0f32; texts.len()];
@@ -533,6 +535,12 @@ pub struct RmEncoder<'a> {
 }
 
 impl RmEncoder<'_> {
+    /// Token ids of every text, in order, tokenised in parallel.
+    pub fn encode_all(&self, texts: &[&str]) -> anyhow::Result<Vec<Vec<i64>>> {
+        use rayon::prelude::*;
+        texts.par_iter().map(|t| self.encode(t)).collect()
+    }
+
     pub fn encode(&self, text: &str) -> anyhow::Result<Vec<i64>> {
         let mut ids = self.tokenizer.encode(text, true)?;
         if ids.len() > self.max_len {

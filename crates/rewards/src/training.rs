@@ -35,14 +35,14 @@ pub fn classifier_loss(logits: &Tensor, labels: &Tensor) -> Tensor {
 }
 
 /// What an RM learns from.
-pub enum Examples<'a> {
+pub enum Examples {
     /// Texts with a class id (for one label: 1 = positive, 0 = negative).
-    Labelled(&'a [(String, i64)]),
+    Labelled(Vec<(String, i64)>),
     /// `(chosen, rejected)` texts.
-    Pairs(&'a [(String, String)]),
+    Pairs(Vec<(String, String)>),
 }
 
-impl Examples<'_> {
+impl Examples {
     pub fn len(&self) -> usize {
         match self {
             Examples::Labelled(x) => x.len(),
@@ -52,6 +52,14 @@ impl Examples<'_> {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// What [`accuracy`] measures on these examples.
+    pub fn metric(&self) -> &'static str {
+        match self {
+            Examples::Labelled(_) => "classification accuracy",
+            Examples::Pairs(_) => "pairwise accuracy",
+        }
     }
 
     /// Every text, in order (pairs as chosen, rejected, chosen, …).
@@ -150,13 +158,6 @@ pub struct EpochReport {
     pub val_accuracy: f64,
 }
 
-/// Token ids of every text, in order.
-fn encode_all(rm: &ScalarRm, texts: &[&str]) -> anyhow::Result<Vec<Vec<i64>>> {
-    use rayon::prelude::*;
-    let encoder = rm.encoder();
-    texts.par_iter().map(|t| encoder.encode(t)).collect()
-}
-
 /// Pooled features `[N, H]` of token-id rows (no gradient), `batch` at a
 /// time, in rows sorted by length so batches pad little.
 fn features_of(rm: &ScalarRm, ids: &[Vec<i64>], batch: usize) -> Tensor {
@@ -178,12 +179,8 @@ fn features_of(rm: &ScalarRm, ids: &[Vec<i64>], batch: usize) -> Tensor {
     sorted.index_select(0, &order.argsort(0, false))
 }
 
-/// Rewards `[B]` of the texts with indices `idx` into `ids` (or into the
-/// precomputed `features`).
-fn rewards_of(rm: &ScalarRm, ids: &[Vec<i64>], features: Option<&Tensor>, idx: &[usize]) -> Tensor {
-    rm.reward_of_logits(&logits_of(rm, ids, features, idx))
-}
-
+/// Head outputs `[B, L]` of the texts with indices `idx` into `ids` (or
+/// into the precomputed `features`).
 fn logits_of(rm: &ScalarRm, ids: &[Vec<i64>], features: Option<&Tensor>, idx: &[usize]) -> Tensor {
     let f = match features {
         Some(f) => {
@@ -213,7 +210,7 @@ pub fn train(
         anyhow::bail!("train.{key} {why}");
     }
     tch::manual_seed(s.seed as i64);
-    let ids = encode_all(rm, &train.texts())?;
+    let ids = rm.encoder().encode_all(&train.texts())?;
     let features = s.freeze_backbone.then(|| {
         let start = std::time::Instant::now();
         let f = features_of(rm, &ids, 64);
@@ -267,7 +264,8 @@ pub fn train(
                 Examples::Pairs(_) => {
                     // Chosen at 2i, rejected at 2i + 1; one forward for both.
                     let idx: Vec<usize> = batch.iter().flat_map(|&i| [2 * i, 2 * i + 1]).collect();
-                    let r = rewards_of(rm, &ids, features.as_ref(), &idx).view([-1, 2]); // [B, 2]
+                    let logits = logits_of(rm, &ids, features.as_ref(), &idx);
+                    let r = rm.reward_of_logits(&logits).view([-1, 2]); // [B, 2]
                     bradley_terry_loss(&r.select(1, 0), &r.select(1, 1))
                 }
             };
@@ -298,7 +296,7 @@ pub fn accuracy(rm: &ScalarRm, examples: &Examples, batch: usize) -> anyhow::Res
     let texts = examples.texts();
     let correct = match examples {
         Examples::Labelled(x) => {
-            let ids = encode_all(rm, &texts)?;
+            let ids = rm.encoder().encode_all(&texts)?;
             let logits = tch::no_grad(|| {
                 let f = features_of(rm, &ids, batch);
                 rm.head(&f)

@@ -187,16 +187,16 @@ fn classifier_training_learns_and_round_trips_as_hf_directory() {
     )
     .unwrap();
     let (train_set, test_set) = (synthetic(64, 0), synthetic(32, 1));
-    let before = accuracy(&rm, &Examples::Labelled(&test_set), 16).unwrap();
+    let before = accuracy(&rm, &Examples::Labelled(test_set.clone()), 16).unwrap();
     let reports = train(
         &mut rm,
-        &Examples::Labelled(&train_set),
-        &Examples::Labelled(&test_set),
+        &Examples::Labelled(train_set.clone()),
+        &Examples::Labelled(test_set.clone()),
         &settings(),
         &mut |_, _, _| {},
     )
     .unwrap();
-    let after = accuracy(&rm, &Examples::Labelled(&test_set), 16).unwrap();
+    let after = accuracy(&rm, &Examples::Labelled(test_set.clone()), 16).unwrap();
     assert!(
         after >= 0.95 && reports.last().unwrap().train_loss < reports[0].train_loss,
         "accuracy {before} → {after}, {reports:?}"
@@ -239,13 +239,13 @@ fn bradley_terry_training_on_a_decoder_learns_the_preference() {
     let (train_pairs, test_pairs) = (pairs(48, 0), pairs(24, 1));
     train(
         &mut rm,
-        &Examples::Pairs(&train_pairs),
-        &Examples::Pairs(&test_pairs),
+        &Examples::Pairs(train_pairs.clone()),
+        &Examples::Pairs(test_pairs.clone()),
         &settings(),
         &mut |_, _, _| {},
     )
     .unwrap();
-    let acc = accuracy(&rm, &Examples::Pairs(&test_pairs), 8).unwrap();
+    let acc = accuracy(&rm, &Examples::Pairs(test_pairs.clone()), 8).unwrap();
     assert!(acc >= 0.95, "held-out pairwise accuracy {acc}");
     let dir = tempfile::tempdir().unwrap();
     rm.save(dir.path().join("rm").as_path(), &Default::default())
@@ -257,7 +257,7 @@ fn bradley_terry_training_on_a_decoder_learns_the_preference() {
             .unwrap();
     assert_eq!(config["architectures"][0], "LlamaForSequenceClassification");
     assert_eq!(
-        accuracy(&back, &Examples::Pairs(&test_pairs), 8).unwrap(),
+        accuracy(&back, &Examples::Pairs(test_pairs.clone()), 8).unwrap(),
         acc
     );
 }
@@ -282,8 +282,8 @@ fn head_learning_rate_is_its_own() {
     let data = synthetic(32, 0);
     train(
         &mut rm,
-        &Examples::Labelled(&data),
-        &Examples::Labelled(&data),
+        &Examples::Labelled(data.clone()),
+        &Examples::Labelled(data.clone()),
         &s,
         &mut |_, _, _| {},
     )

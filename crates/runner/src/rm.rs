@@ -6,7 +6,8 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
 use align_core::io::write_atomic;
-use align_core::manifest::{DeviceChoice, InputPath, OutputPath};
+use align_core::manifest::{apply_overrides, DeviceChoice, InputPath, OutputPath};
+use align_core::registry::{Constructor, Kind, Registry};
 use align_core::GoodnessModel;
 use align_data::files::{FileDatasetConfig, FileFormat, FileRecords};
 use align_data::sentiment::{RmHalf, SentimentConfig, SentimentData};
@@ -17,6 +18,7 @@ use align_rewards::training::{self, Examples, TrainSettings};
 use anyhow::{bail, ensure, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use serde::de::IntoDeserializer;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
@@ -101,20 +103,9 @@ impl RmManifest {
     pub fn load(path: &Path, overrides: &[String]) -> anyhow::Result<RmManifest> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("{}: cannot read the manifest", path.display()))?;
-        let mut doc: toml::Table =
+        let text = apply_overrides(&text, overrides).map_err(|e| anyhow::anyhow!(e))?;
+        let m: RmManifest =
             toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        for o in overrides {
-            apply_override(&mut doc, o)
-                .with_context(|| format!("--set {o}: expected KEY.PATH=VALUE"))?;
-        }
-        // Re-parse the source when nothing was overridden, so errors point at
-        // its lines.
-        let m: RmManifest = if overrides.is_empty() {
-            toml::from_str(&text)
-        } else {
-            doc.try_into()
-        }
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         if let Some((key, why)) = m.train.invalid() {
             bail!("{}: train.{key} {why}", path.display());
         }
@@ -133,54 +124,12 @@ impl RmManifest {
     }
 }
 
-/// `a.b.c=v` into a TOML table (`v` parsed as TOML, else taken as a string).
-fn apply_override(doc: &mut toml::Table, o: &str) -> anyhow::Result<()> {
-    let (key, value) = o.split_once('=').context("no `=`")?;
-    let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(value.to_string()));
-    let parts: Vec<&str> = key.trim().split('.').collect();
-    let mut table = doc;
-    for p in &parts[..parts.len() - 1] {
-        table = table
-            .entry(p.to_string())
-            .or_insert_with(|| toml::Value::Table(Default::default()))
-            .as_table_mut()
-            .with_context(|| format!("`{p}` is not a table"))?;
-    }
-    table.insert(parts[parts.len() - 1].to_string(), value);
-    Ok(())
-}
-
 /// Training and evaluation examples of one manifest.
 struct RmExamples {
-    train: Examples2,
-    validation: Examples2,
+    train: Examples,
+    validation: Examples,
     /// Named held-out sets: `(name, examples)`.
-    held_out: Vec<(String, Examples2)>,
-}
-
-/// Owned examples.
-enum Examples2 {
-    Labelled(Vec<(String, i64)>),
-    Pairs(Vec<(String, String)>),
-}
-
-impl Examples2 {
-    fn view(&self) -> Examples<'_> {
-        match self {
-            Examples2::Labelled(x) => Examples::Labelled(x),
-            Examples2::Pairs(x) => Examples::Pairs(x),
-        }
-    }
-
-    fn kind(&self) -> &'static str {
-        match self {
-            Examples2::Labelled(_) => "classification accuracy",
-            Examples2::Pairs(_) => "pairwise accuracy",
-        }
-    }
+    held_out: Vec<(String, Examples)>,
 }
 
 fn examples(m: &RmManifest) -> anyhow::Result<RmExamples> {
@@ -190,7 +139,7 @@ fn examples(m: &RmManifest) -> anyhow::Result<RmExamples> {
             let data = SentimentData::load(&s.source)?;
             eprint!("{}", data.counts());
             let labelled = |half, split| {
-                Examples2::Labelled(
+                Examples::Labelled(
                     data.classifier_texts(half, split)
                         .into_iter()
                         .map(|t| (t.text, t.label as i64))
@@ -198,7 +147,7 @@ fn examples(m: &RmManifest) -> anyhow::Result<RmExamples> {
                 )
             };
             let pairs = |half, split| {
-                Examples2::Pairs(
+                Examples::Pairs(
                     data.bt_pairs(half, split)
                         .into_iter()
                         .map(|p| (p.chosen, p.rejected))
@@ -243,7 +192,7 @@ fn examples(m: &RmManifest) -> anyhow::Result<RmExamples> {
                 );
             };
             let pick = |split: Split, n: usize| {
-                Examples2::Pairs(
+                Examples::Pairs(
                     loaded
                         .records
                         .iter()
@@ -282,12 +231,12 @@ pub struct RmOutcome {
 pub fn train_rm(m: &RmManifest, results_dir: &Path, progress: bool) -> anyhow::Result<RmOutcome> {
     let device = m.model.device.resolve()?;
     let ex = examples(m)?;
-    let n_train = ex.train.view().len();
+    let n_train = ex.train.len();
     ensure!(n_train > 0, "no training examples (check the data section)");
     eprintln!(
         "training a {:?} reward model on {n_train} examples ({} validation) on {device:?}",
         m.objective,
-        ex.validation.view().len()
+        ex.validation.len()
     );
     let labels = vec![match m.objective {
         Objective::Classifier => "positive".to_string(),
@@ -306,8 +255,8 @@ pub fn train_rm(m: &RmManifest, results_dir: &Path, progress: bool) -> anyhow::R
     );
     let epochs = training::train(
         &mut rm,
-        &ex.train.view(),
-        &ex.validation.view(),
+        &ex.train,
+        &ex.validation,
         &m.train,
         &mut |done, total, loss| {
             bar.set_length(total as u64);
@@ -321,18 +270,18 @@ pub fn train_rm(m: &RmManifest, results_dir: &Path, progress: bool) -> anyhow::R
             "epoch {}: train loss {:.4}, validation {} {:.4}",
             e.epoch,
             e.train_loss,
-            ex.validation.kind(),
+            ex.validation.metric(),
             e.val_accuracy
         );
     }
     let mut held_out = Vec::new();
     for (name, set) in &ex.held_out {
         // A Bradley–Terry reward has no calibrated zero: no class accuracy.
-        if m.objective == Objective::BradleyTerry && matches!(set, Examples2::Labelled(_)) {
+        if m.objective == Objective::BradleyTerry && matches!(set, Examples::Labelled(_)) {
             continue;
         }
-        let acc = training::accuracy(&rm, &set.view(), 64)?;
-        held_out.push((format!("{name} ({})", set.view().len()), set.kind(), acc));
+        let acc = training::accuracy(&rm, set, 64)?;
+        held_out.push((format!("{name} ({})", set.len()), set.metric(), acc));
     }
     let mut extra = serde_json::Map::new();
     extra.insert(
@@ -437,16 +386,24 @@ impl Scorer {
     }
 }
 
+/// The registered goodness plugin `name` with temperature `tau`.
+fn goodness_model(name: &str, tau: f64) -> anyhow::Result<Box<dyn GoodnessModel>> {
+    let plugin = Registry::global()
+        .get(Kind::Goodness, name)
+        .map_err(|e| anyhow::anyhow!("--goodness: {e}"))?;
+    let Constructor::Goodness(make) = plugin.constructor else {
+        unreachable!("registered under the goodness kind")
+    };
+    let config: toml_edit::Value = format!("{{ tau = {tau:?} }}").parse()?;
+    let (model, _) = make(config.into_deserializer())
+        .map_err(|e| anyhow::anyhow!("--goodness {name} --tau {tau}: {e}"))?;
+    Ok(model)
+}
+
 pub fn score(args: &ScoreArgs) -> anyhow::Result<()> {
     let text: ScoredText = serde_json::from_value(serde_json::json!(args.text))
         .map_err(|_| anyhow::anyhow!("--text `{}`: use full or completion", args.text))?;
-    ensure!(args.tau > 0.0, "--tau must be > 0");
-    let goodness: Box<dyn GoodnessModel> = match args.goodness.as_str() {
-        "bt-exp" => Box::new(align_goodness::BtExp { tau: args.tau }),
-        "bt-vs-reference" => Box::new(align_goodness::BtVsReference { tau: args.tau }),
-        "classifier" => Box::new(align_goodness::Classifier { tau: args.tau }),
-        other => bail!("--goodness `{other}`: use bt-exp, bt-vs-reference or classifier"),
-    };
+    let goodness = goodness_model(&args.goodness, args.tau)?;
     let needs_reference = args.goodness == "bt-vs-reference";
     let scorer = if args.reward == "lexicon" {
         Scorer::Lexicon
