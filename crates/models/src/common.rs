@@ -26,6 +26,52 @@ pub fn causal_mask(attention_mask: &Tensor, tq: i64) -> Tensor {
     causal.logical_and(&keys).logical_or(&diagonal)
 }
 
+/// How RoPE frequencies are rescaled for contexts beyond the trained one
+/// (HF's `rope_type`; both kinds here keep attention unscaled).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum RopeScaling {
+    #[default]
+    None,
+    /// Every frequency divided by `factor` (positions stretched).
+    Linear { factor: f64 },
+    /// Llama 3.1: low frequencies (wavelength above `original / low_freq_factor`)
+    /// divided by `factor`, high ones (below `original / high_freq_factor`)
+    /// kept, the band between interpolated smoothly.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
+}
+
+impl RopeScaling {
+    /// Rescales `inv_freq` `[d/2]` (f32) as transformers'
+    /// `_compute_{linear_scaling,llama3}_parameters` do, op for op.
+    fn apply(self, inv_freq: Tensor) -> Tensor {
+        match self {
+            RopeScaling::None => inv_freq,
+            RopeScaling::Linear { factor } => inv_freq / factor,
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor: low,
+                high_freq_factor: high,
+                original_max_position_embeddings: original,
+            } => {
+                let (low_wavelen, high_wavelen) = (original / low, original / high);
+                let wavelen = inv_freq.reciprocal() * (2.0 * std::f64::consts::PI);
+                let scaled = inv_freq.where_self(&wavelen.le(low_wavelen), &(&inv_freq / factor));
+                let smooth = (wavelen.reciprocal() * original - low) / (high - low);
+                let smoothed: Tensor = (-&smooth + 1.0) * &scaled / factor + &smooth * &scaled;
+                let medium = wavelen
+                    .ge(high_wavelen)
+                    .logical_and(&wavelen.le(low_wavelen));
+                smoothed.where_self(&medium, &scaled)
+            }
+        }
+    }
+}
+
 /// Rotary position embedding (HF's rotate-half layout) over the first
 /// `dims` features of each head.
 pub struct Rope {
@@ -33,14 +79,14 @@ pub struct Rope {
 }
 
 impl Rope {
-    pub fn new(dims: i64, theta: f64, device: Device) -> Rope {
+    pub fn new(dims: i64, theta: f64, scaling: RopeScaling, device: Device) -> Rope {
         // As HF: 1 / theta^(arange(0, d, 2) / d), in f32.
         let exponent = Tensor::arange_start_step(0, dims, 2, (Kind::Int64, device))
             .to_kind(Kind::Float)
             / dims as f64;
         let base = Tensor::from(theta as f32).to_device(device);
         Rope {
-            inv_freq: base.pow(&exponent).reciprocal(),
+            inv_freq: scaling.apply(base.pow(&exponent).reciprocal()),
         }
     }
 
@@ -306,33 +352,74 @@ impl Linear {
     }
 }
 
-/// `x · Wᵀ + b` for `x` `[…, in]`, `weight` `[out, in]`. A decoding step has
-/// only a few rows (one token per sequence); for those, MKL's f32 GEMM on
-/// this kind of CPU runs `W · xᵀ` (weight-major) markedly faster than
-/// `x · Wᵀ` once `out` is large (about 1.5× on SmolLM2's 49k-row output
-/// projection at 16 rows; `benches/gemm_orientation.py` prints the table), so
-/// those shapes take that route. Same product, different summation order.
+/// `x · Wᵀ + b` for `x` `[…, in]`, `weight` `[out, in]`. A decoding step
+/// has only a few rows (one token per sequence); for those, on the CPU in
+/// f32 without autograd, [`align_kernels::linear_few_rows`] reads each
+/// weight once instead of having BLAS repack it on every call (about 2× on
+/// SmolLM2's shapes: `cargo bench -p align-models --bench linear`). Same
+/// product, different summation order.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
-    let (out, inp) = weight.size2().expect("weight is [out, in]");
-    let rows = x.numel() as i64 / inp.max(1);
-    if rows <= DECODE_ROWS && out >= WEIGHT_MAJOR_MIN_OUT && x.device() == Device::Cpu {
-        let mut shape = x.size();
-        *shape.last_mut().expect("x has a feature dim") = out;
-        let y = weight.matmul(&x.reshape([rows, inp]).tr()).tr(); // [rows, out]
-        let y = match bias {
-            Some(b) => y + b,
-            None => y.contiguous(),
-        };
-        return y.reshape(shape.as_slice());
-    }
-    x.linear(weight, bias)
+    few_rows_linear(x, weight, bias).unwrap_or_else(|| x.linear(weight, bias))
 }
 
-/// At most this many rows take the weight-major GEMM in [`linear`].
-const DECODE_ROWS: i64 = 32;
-/// Only outputs at least this wide gain from it (narrow ones, such as
-/// grouped K/V projections, lose).
-const WEIGHT_MAJOR_MIN_OUT: i64 = 512;
+/// At most this many rows take [`few_rows_linear`].
+pub const FEW_ROWS: i64 = 32;
+
+/// The decoding route of [`linear`], or `None` where it does not apply:
+/// more than [`FEW_ROWS`] rows, not f32 on the CPU, a CPU without AVX2/FMA,
+/// or gradients to record.
+pub fn few_rows_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Option<Tensor> {
+    let (out, inp) = weight.size2().ok()?;
+    let rows = x.numel() as i64 / inp.max(1);
+    let f32_cpu = |t: &Tensor| t.device() == Device::Cpu && t.kind() == Kind::Float;
+    if !(1..=FEW_ROWS).contains(&rows)
+        || out == 0
+        || inp == 0
+        || !f32_cpu(x)
+        || !f32_cpu(weight)
+        || !bias.is_none_or(f32_cpu)
+        || !align_kernels::simd_available()
+    {
+        return None;
+    }
+    let tracked =
+        x.requires_grad() || weight.requires_grad() || bias.is_some_and(|b| b.requires_grad());
+    if tracked && grad_enabled() {
+        return None;
+    }
+    let (x, weight) = (x.contiguous(), weight.contiguous());
+    let bias = bias.map(Tensor::contiguous);
+    let y = Tensor::empty([rows, out], (Kind::Float, Device::Cpu));
+    // SAFETY: contiguous f32 CPU tensors of the stated sizes (checked above,
+    // all non-empty), kept alive by the bindings above for the whole call;
+    // `y` is fresh, so nothing else aliases it.
+    unsafe {
+        let view = |t: &Tensor| std::slice::from_raw_parts(t.data_ptr() as *const f32, t.numel());
+        let y_mut = std::slice::from_raw_parts_mut(y.data_ptr() as *mut f32, y.numel());
+        let (rows, inp, out) = (rows as usize, inp as usize, out as usize);
+        let (xs, ws, bs) = (view(&x), view(&weight), bias.as_ref().map(view));
+        let threads = tch::get_num_threads().max(1) as usize;
+        let team = |tasks: usize, task: &(dyn Fn(usize) + Sync)| {
+            crate::openmp::for_each_task(threads, tasks, task)
+        };
+        // `for_each_task` runs each task once.
+        align_kernels::linear_few_rows_with(xs, rows, inp, ws, out, bs, y_mut, team);
+    }
+    let mut shape = x.size();
+    *shape.last_mut().expect("x has a feature dim") = out;
+    Some(y.view(shape.as_slice()))
+}
+
+/// Whether autograd records operations now (tch has no getter: setting the
+/// mode returns the previous one, which is restored at once).
+fn grad_enabled() -> bool {
+    // SAFETY: plain calls into LibTorch's thread-local grad mode.
+    unsafe {
+        let previous = torch_sys::at_grad_set_enabled(0);
+        torch_sys::at_grad_set_enabled(previous);
+        previous != 0
+    }
+}
 
 /// LayerNorm with `weight` and `bias`.
 pub struct LayerNorm {
@@ -390,21 +477,73 @@ impl RmsNorm {
 mod linear_tests {
     use super::*;
 
-    /// The weight-major route computes the same product as `x · Wᵀ + b`.
+    /// The few-rows route computes `x · Wᵀ + b` for 2-D and 3-D inputs,
+    /// ragged sizes included; more rows than [`FEW_ROWS`] go to LibTorch.
     #[test]
-    fn weight_major_route_matches_linear() {
+    fn few_rows_route_matches_linear() {
+        if !align_kernels::simd_available() {
+            eprintln!("SKIPPED: this CPU lacks AVX2/FMA, so the few-rows route is off");
+            return;
+        }
+        let _guard = tch::no_grad_guard();
         tch::manual_seed(0);
-        let w = Tensor::randn([WEIGHT_MAJOR_MIN_OUT + 3, 24], (Kind::Float, Device::Cpu));
-        let b = Tensor::randn([WEIGHT_MAJOR_MIN_OUT + 3], (Kind::Float, Device::Cpu));
-        for shape in [vec![16, 24], vec![4, 1, 24], vec![2, 3, 24], vec![40, 24]] {
+        let w = Tensor::randn([515, 37], (Kind::Float, Device::Cpu));
+        let b = Tensor::randn([515], (Kind::Float, Device::Cpu));
+        for shape in [vec![16, 37], vec![4, 1, 37], vec![2, 3, 37], vec![1, 37]] {
             let x = Tensor::randn(shape.as_slice(), (Kind::Float, Device::Cpu));
             for bias in [None, Some(&b)] {
-                let got = linear(&x, &w, bias);
+                let got = few_rows_linear(&x, &w, bias).expect("the route applies");
                 let want = x.linear(&w, bias);
                 assert_eq!(got.size(), want.size());
                 let err = (got - want).abs().max().double_value(&[]);
                 assert!(err < 1e-4, "{shape:?}, bias {}: {err}", bias.is_some());
             }
         }
+        let many = Tensor::randn([FEW_ROWS + 1, 37], (Kind::Float, Device::Cpu));
+        assert!(few_rows_linear(&many, &w, None).is_none());
+        let half = Tensor::randn([4, 37], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
+        assert!(few_rows_linear(&half, &w.to_kind(Kind::BFloat16), None).is_none());
+    }
+
+    /// With autograd on and a trainable weight, `linear` stays on LibTorch so
+    /// gradients flow; under `no_grad` the same call takes the kernel.
+    #[test]
+    fn few_rows_route_keeps_gradients() {
+        let w = Tensor::randn([8, 5], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let x = Tensor::randn([2, 5], (Kind::Float, Device::Cpu));
+        assert!(few_rows_linear(&x, &w, None).is_none());
+        let y = linear(&x, &w, None);
+        y.sum(Kind::Float).backward();
+        let want = x.sum_dim_intlist([0].as_slice(), false, Kind::Float); // d/dW of Σ x·Wᵀ
+        assert!(w
+            .grad()
+            .allclose(&want.unsqueeze(0).expand([8, 5], false), 1e-5, 1e-5, false));
+        let _guard = tch::no_grad_guard();
+        assert_eq!(
+            few_rows_linear(&x, &w, None).is_some(),
+            align_kernels::simd_available()
+        );
+    }
+}
+
+#[cfg(test)]
+mod rope_tests {
+    use super::*;
+
+    /// Linear scaling by 4 turns position 4p into the unscaled position p.
+    #[test]
+    fn linear_scaling_stretches_positions() {
+        let plain = Rope::new(8, 10_000.0, RopeScaling::None, Device::Cpu);
+        let scaled = Rope::new(
+            8,
+            10_000.0,
+            RopeScaling::Linear { factor: 4.0 },
+            Device::Cpu,
+        );
+        let p = Tensor::from_slice(&[0i64, 1, 2, 5]).view([1, 4]);
+        let (cos, sin) = scaled.cos_sin(&(&p * 4));
+        let (want_cos, want_sin) = plain.cos_sin(&p);
+        assert!(cos.allclose(&want_cos, 1e-5, 1e-6, false));
+        assert!(sin.allclose(&want_sin, 1e-5, 1e-6, false));
     }
 }

@@ -9,7 +9,9 @@
 use serde::Deserialize;
 use tch::{nn, Tensor};
 
-use crate::common::{attention, Activation, CausalLm, KvCache, LayerNorm, Linear, Rope};
+use crate::common::{
+    attention, Activation, CausalLm, KvCache, LayerNorm, Linear, Rope, RopeScaling,
+};
 use crate::hf::RopeParameters;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -71,6 +73,7 @@ impl GptNeoX {
         act: Activation,
         theta: f64,
         rotary_pct: f64,
+        scaling: RopeScaling,
     ) -> GptNeoX {
         let n = root.sub("gpt_neox");
         let (h, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
@@ -121,7 +124,7 @@ impl GptNeoX {
             head_dim,
             parallel: cfg.use_parallel_residual,
             act,
-            rope: Rope::new(rotary, theta, root.device()),
+            rope: Rope::new(rotary, theta, scaling, root.device()),
         }
     }
 }

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device};
 
-use crate::common::{Activation, CausalLm, CausalModel};
+use crate::common::{Activation, CausalLm, CausalModel, RopeScaling};
 use crate::error::{ModelError, Result};
 use crate::gpt2::{Gpt2, Gpt2Config};
 use crate::gpt_neox::{GptNeoX, GptNeoXConfig};
@@ -43,8 +43,9 @@ pub struct RopeParameters {
     pub partial_rotary_factor: Option<f64>,
     #[serde(default)]
     pub rope_parameters: Option<NestedRope>,
+    /// transformers 4's spelling of the scaling settings.
     #[serde(default)]
-    pub rope_scaling: Option<serde_json::Value>,
+    pub rope_scaling: Option<NestedRope>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -57,6 +58,14 @@ pub struct NestedRope {
     pub kind: Option<String>,
     #[serde(default)]
     pub partial_rotary_factor: Option<f64>,
+    #[serde(default)]
+    pub factor: Option<f64>,
+    #[serde(default)]
+    pub low_freq_factor: Option<f64>,
+    #[serde(default)]
+    pub high_freq_factor: Option<f64>,
+    #[serde(default)]
+    pub original_max_position_embeddings: Option<f64>,
 }
 
 impl RopeParameters {
@@ -78,33 +87,51 @@ impl RopeParameters {
             .unwrap_or(1.0)
     }
 
-    /// Only plain RoPE is implemented; scaled variants are refused rather than
-    /// silently computed wrong.
-    pub fn check(&self, config_path: &Path) -> Result<()> {
-        let nested = self
-            .rope_parameters
-            .as_ref()
-            .and_then(|r| r.rope_type.clone().or(r.kind.clone()));
-        let scaling = self
-            .rope_scaling
-            .as_ref()
-            .filter(|v| !v.is_null())
-            .map(|v| {
-                v.get("rope_type")
-                    .or(v.get("type"))
-                    .and_then(|t| t.as_str())
-                    .unwrap_or("?")
-                    .to_string()
-            });
-        for t in [nested, scaling].into_iter().flatten() {
-            if t != "default" {
-                return Err(ModelError::file(
+    /// The frequency scaling (`rope_type` `default`, `linear` or `llama3`,
+    /// in `rope_parameters` or transformers 4's `rope_scaling`). Other types
+    /// (dynamic, YaRN, LongRoPE…) are refused rather than computed wrong.
+    pub fn scaling(&self, config_path: &Path) -> Result<RopeScaling> {
+        let mut found = RopeScaling::None;
+        for nested in [&self.rope_parameters, &self.rope_scaling]
+            .into_iter()
+            .flatten()
+        {
+            let kind = nested.rope_type.as_deref().or(nested.kind.as_deref());
+            let need = |key: &str, value: Option<f64>| {
+                value.filter(|v| v.is_finite()).ok_or_else(|| {
+                    ModelError::file(
+                        config_path,
+                        format!(
+                            "RoPE type `{}` needs a numeric `{key}`",
+                            kind.unwrap_or("?")
+                        ),
+                    )
+                })
+            };
+            let scaling = match kind {
+                None | Some("default") => continue,
+                Some("linear") => RopeScaling::Linear {
+                    factor: need("factor", nested.factor)?,
+                },
+                Some("llama3") => RopeScaling::Llama3 {
+                    factor: need("factor", nested.factor)?,
+                    low_freq_factor: need("low_freq_factor", nested.low_freq_factor)?,
+                    high_freq_factor: need("high_freq_factor", nested.high_freq_factor)?,
+                    original_max_position_embeddings: need(
+                        "original_max_position_embeddings",
+                        nested.original_max_position_embeddings,
+                    )?,
+                },
+                Some(other) => return Err(ModelError::file(
                     config_path,
-                    format!("RoPE type `{t}` is not supported (only plain RoPE)"),
-                ));
-            }
+                    format!(
+                        "RoPE type `{other}` is not supported (supported: default, linear, llama3)"
+                    ),
+                )),
+            };
+            found = scaling;
         }
-        Ok(())
+        Ok(found)
     }
 }
 
@@ -213,9 +240,9 @@ pub fn declare_decoder(
     Ok(match architecture {
         Architecture::Llama => {
             let cfg: LlamaConfig = parse(config_path, &config)?;
-            cfg.rope.check(config_path)?;
+            let scaling = cfg.rope.scaling(config_path)?;
             let act = activation(config_path, &cfg.hidden_act)?;
-            let model = Llama::new(root, &cfg, act, cfg.rope.theta(10_000.0));
+            let model = Llama::new(root, &cfg, act, cfg.rope.theta(10_000.0), scaling);
             body(Box::new(model), cfg.vocab_size, cfg.hidden_size, &[])
         }
         Architecture::Gpt2 => {
@@ -231,10 +258,10 @@ pub fn declare_decoder(
         }
         Architecture::GptNeoX => {
             let cfg: GptNeoXConfig = parse(config_path, &config)?;
-            cfg.rope.check(config_path)?;
+            let scaling = cfg.rope.scaling(config_path)?;
             let act = activation(config_path, &cfg.hidden_act)?;
             let (theta, partial) = (cfg.rope.theta(10_000.0), cfg.rope.partial());
-            let model = GptNeoX::new(root, &cfg, act, theta, partial);
+            let model = GptNeoX::new(root, &cfg, act, theta, partial, scaling);
             body(Box::new(model), cfg.vocab_size, cfg.hidden_size, &[])
         }
     })

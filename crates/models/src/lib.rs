@@ -13,6 +13,7 @@ pub mod gpt2;
 pub mod gpt_neox;
 pub mod hf;
 pub mod llama;
+mod openmp;
 pub mod tabular;
 pub mod tokenizer;
 pub mod weights;

@@ -1,5 +1,5 @@
-//! Llama (and the models that share its layout: SmolLM2, Llama-2/3 without
-//! rope scaling, TinyLlama, Mistral without sliding windows): RMSNorm, RoPE
+//! Llama (and the models that share its layout: SmolLM2, Llama-2/3 (with
+//! Llama-3 RoPE scaling), TinyLlama, Mistral without sliding windows): RMSNorm, RoPE
 //! with a configurable base, grouped-query attention, SwiGLU MLP, tied or
 //! untied embeddings. Parameter paths equal HF's safetensors keys.
 
@@ -10,7 +10,9 @@
 use serde::Deserialize;
 use tch::{nn, Tensor};
 
-use crate::common::{attention, split_heads, Activation, CausalLm, KvCache, Linear, RmsNorm, Rope};
+use crate::common::{
+    attention, split_heads, Activation, CausalLm, KvCache, Linear, RmsNorm, Rope, RopeScaling,
+};
 use crate::hf::RopeParameters;
 
 /// The `config.json` keys Llama reads (others are ignored).
@@ -85,7 +87,13 @@ pub struct Llama {
 
 impl Llama {
     /// Declares every parameter under `root` (zeros; load weights afterwards).
-    pub fn new(root: nn::Path, cfg: &LlamaConfig, act: Activation, theta: f64) -> Llama {
+    pub fn new(
+        root: nn::Path,
+        cfg: &LlamaConfig,
+        act: Activation,
+        theta: f64,
+        scaling: RopeScaling,
+    ) -> Llama {
         let (h, hd) = (cfg.hidden_size, cfg.head_dim());
         let (nh, nkv) = (cfg.num_attention_heads, cfg.kv_heads());
         let model = root.sub("model");
@@ -141,7 +149,7 @@ impl Llama {
             kv_heads: nkv,
             head_dim: hd,
             act,
-            rope: Rope::new(hd, theta, root.device()),
+            rope: Rope::new(hd, theta, scaling, root.device()),
         }
     }
 }

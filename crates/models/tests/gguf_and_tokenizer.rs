@@ -134,6 +134,35 @@ fn dequantize_known_blocks() {
     assert_eq!((v[0], v[16], v[1]), (0.5, 1.5, -0.5));
 }
 
+/// Q5_0, Q5_1 and the K-quants on random blocks (`tests/fixtures/gguf-quants`)
+/// decode exactly as gguf-py decodes them.
+#[test]
+fn dequantize_matches_gguf_py_on_random_blocks() {
+    assert_eq!(expected_json("gguf-quants")["gguf"], "0.19.0");
+    let blocks = expected("gguf-quants");
+    let types = [
+        ("Q5_0", GgmlType::Q5_0),
+        ("Q5_1", GgmlType::Q5_1),
+        ("Q2_K", GgmlType::Q2K),
+        ("Q3_K", GgmlType::Q3K),
+        ("Q4_K", GgmlType::Q4K),
+        ("Q5_K", GgmlType::Q5K),
+        ("Q6_K", GgmlType::Q6K),
+    ];
+    for (name, ty) in types {
+        let raw = Vec::<u8>::try_from(&blocks[&format!("{name}.raw")]).unwrap();
+        let want = Vec::<f32>::try_from(&blocks[&format!("{name}.values")]).unwrap();
+        let got = dequantize(ty, &raw, want.len()).unwrap();
+        assert_eq!(got.len(), want.len(), "{name}");
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-6 * w.abs().max(1e-3),
+                "{name}: value {i} = {g}, gguf-py {w}"
+            );
+        }
+    }
+}
+
 #[test]
 fn unpermute_inverts_llama_cpp_permutation() {
     // llama.cpp: w.reshape(h, 2, D/2, in).swapaxes(1, 2).reshape(w.shape)

@@ -96,6 +96,33 @@ fn llama_tied_matches_transformers() {
     check_causal("tiny-llama-tied", Architecture::Llama);
 }
 
+/// Llama-3 RoPE scaling, with the fixture's frequencies in all three bands;
+/// the same weights without the scaling give other logits, so the scaling
+/// is what the comparison checks.
+#[test]
+fn llama3_rope_scaling_matches_transformers() {
+    check_causal("tiny-llama3-rope", Architecture::Llama);
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture("tiny-llama3-rope")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let config = dir.path().join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    cfg["rope_parameters"]["rope_type"] = "default".into();
+    std::fs::write(&config, cfg.to_string()).unwrap();
+    let e = expected("tiny-llama3-rope");
+    let plain = load(dir.path(), DType::F32, device()).unwrap();
+    let logits = tch::no_grad(|| plain.policy.forward(&e["input_ids"], &e["attention_mask"]));
+    let real = e["attention_mask"].ne(0).unsqueeze(-1);
+    let gap = (logits - &e["logits"]).abs().masked_select(&real).max();
+    assert!(
+        gap.double_value(&[]) > 1e-3,
+        "unscaled RoPE gives the same logits"
+    );
+}
+
 #[test]
 fn llama_sharded_checkpoint_matches_single_file() {
     // Same weights as tiny-llama, saved in 4 shards with an index.
