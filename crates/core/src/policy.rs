@@ -25,6 +25,14 @@ pub trait Policy: Send {
     fn decoder(&self) -> Option<Box<dyn Decoder + '_>> {
         None
     }
+
+    /// A frozen copy of this policy (same architecture, its current weights)
+    /// made in memory, for models that can; `None` makes [`frozen_copy`]
+    /// rebuild the model from its spec (e.g. reading the checkpoint again)
+    /// and copy the weights over.
+    fn frozen_clone(&self) -> Option<anyhow::Result<Box<dyn Policy>>> {
+        None
+    }
 }
 
 /// A decoding session over one batch: `prefill` once, then `step` per token.
@@ -67,6 +75,9 @@ pub fn frozen_copy(
     ctx: &ModelContext,
     source: &dyn Policy,
 ) -> anyhow::Result<Box<dyn Policy>> {
+    if let Some(copy) = source.frozen_clone() {
+        return copy;
+    }
     let mut copy = spec.build(ctx)?;
     copy.var_store_mut().copy(source.var_store())?;
     copy.var_store_mut().freeze();

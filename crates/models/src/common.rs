@@ -223,6 +223,8 @@ pub struct CausalModel<M> {
     pub vs: nn::VarStore,
     pub model: M,
     pub vocab: i64,
+    /// How to declare the same architecture again (for in-memory copies).
+    pub recipe: Option<std::sync::Arc<crate::hf::DecoderRecipe>>,
 }
 
 impl<M: CausalLm> Policy for CausalModel<M> {
@@ -244,6 +246,16 @@ impl<M: CausalLm> Policy for CausalModel<M> {
 
     fn var_store_mut(&mut self) -> &mut nn::VarStore {
         &mut self.vs
+    }
+
+    fn frozen_clone(&self) -> Option<anyhow::Result<Box<dyn Policy>>> {
+        let recipe = self.recipe.as_ref()?;
+        Some((|| {
+            let mut copy = recipe.declare(&self.vs)?;
+            copy.var_store_mut().copy(&self.vs)?;
+            copy.var_store_mut().freeze();
+            Ok(copy)
+        })())
     }
 
     fn decoder(&self) -> Option<Box<dyn Decoder + '_>> {

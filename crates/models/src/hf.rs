@@ -122,12 +122,14 @@ impl RopeParameters {
                         nested.original_max_position_embeddings,
                     )?,
                 },
-                Some(other) => return Err(ModelError::file(
-                    config_path,
-                    format!(
+                Some(other) => {
+                    return Err(ModelError::file(
+                        config_path,
+                        format!(
                         "RoPE type `{other}` is not supported (supported: default, linear, llama3)"
                     ),
-                )),
+                    ))
+                }
             };
             found = scaling;
         }
@@ -284,8 +286,36 @@ pub fn build_causal(
         vs,
         model: body.model,
         vocab: body.vocab_size,
+        recipe: Some(std::sync::Arc::new(DecoderRecipe {
+            config_path: config_path.to_path_buf(),
+            config: config.clone(),
+        })),
     });
     Ok((policy, body.architecture))
+}
+
+/// The parsed `config.json` a decoder was declared from: declares the same
+/// architecture again without reading any weights.
+pub struct DecoderRecipe {
+    config_path: PathBuf,
+    config: serde_json::Value,
+}
+
+impl DecoderRecipe {
+    /// A model with `like`'s device and parameter kinds, its weights zero.
+    pub fn declare(self: &std::sync::Arc<Self>, like: &nn::VarStore) -> Result<Box<dyn Policy>> {
+        let mut vs = nn::VarStore::new(like.device());
+        let body = declare_decoder(&self.config_path, &self.config, vs.root(), true)?;
+        if let Some(kind) = like.variables().values().next().map(|t| t.kind()) {
+            vs.set_kind(kind);
+        }
+        Ok(Box::new(CausalModel {
+            vs,
+            model: body.model,
+            vocab: body.vocab_size,
+            recipe: Some(self.clone()),
+        }))
+    }
 }
 
 /// A loaded language model and its tokenizer.

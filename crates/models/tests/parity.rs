@@ -123,6 +123,41 @@ fn llama3_rope_scaling_matches_transformers() {
     );
 }
 
+/// The prior and proposal copies are made in memory: same logits, frozen,
+/// independent of later updates to the source, and in the source's kind.
+#[test]
+fn frozen_clone_copies_weights_in_memory() {
+    let e = expected("tiny-llama");
+    let (ids, mask) = (&e["input_ids"], &e["attention_mask"]);
+    for dtype in [DType::F32, DType::Bf16] {
+        let mut lm = load(&fixture("tiny-llama"), dtype, device()).unwrap();
+        let copy = lm
+            .policy
+            .frozen_clone()
+            .expect("HF models clone in memory")
+            .unwrap();
+        let vars = copy.var_store().trainable_variables();
+        assert!(
+            !vars.is_empty() && vars.iter().all(|v| !v.requires_grad()),
+            "copy is frozen"
+        );
+        let before = tch::no_grad(|| lm.policy.forward(ids, mask));
+        let copied = tch::no_grad(|| copy.forward(ids, mask));
+        assert_eq!(copied.kind(), before.kind());
+        assert!(copied.equal(&before), "{dtype:?}: copy gives other logits");
+        tch::no_grad(|| {
+            for mut v in lm.policy.var_store_mut().trainable_variables() {
+                let _ = v.f_mul_(&Tensor::from(0.5)).unwrap();
+            }
+        });
+        let after = tch::no_grad(|| copy.forward(ids, mask));
+        assert!(
+            after.equal(&before),
+            "{dtype:?}: copy shares storage with the source"
+        );
+    }
+}
+
 #[test]
 fn llama_sharded_checkpoint_matches_single_file() {
     // Same weights as tiny-llama, saved in 4 shards with an index.
