@@ -1,15 +1,16 @@
 //! GGUF import (llama.cpp's format): read the file, dequantize its tensors
 //! (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and the K-quants Q2_K–Q6_K)
-//! to f32, undo llama.cpp's Q/K row
-//! permutation, rename tensors to HF's keys, and rebuild `config.json` and a
-//! `tokenizer.json` (GPT-2-style byte-level BPE) from the metadata. The result
-//! loads as a Llama policy directly, or is written out as an HF directory.
+//! to f32, undo llama.cpp's Q/K row permutation, rename tensors to HF's keys,
+//! and rebuild `config.json` and a `tokenizer.json` from the metadata
+//! (GPT-2-style byte-level BPE, or SentencePiece BPE with byte fallback and
+//! merges derived from the scores). The result loads as a Llama policy
+//! directly, or is written out as an HF directory.
 //!
 //! No maintained standalone GGUF crate fitted (candle's reader lives inside
 //! candle-core), so this is a small reader of the documented format:
 //! <https://github.com/ggml-org/ggml/blob/master/docs/gguf.md>.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use half::{bf16, f16};
@@ -770,13 +771,62 @@ fn pre_tokenizer(path: &Path, pre: &str) -> Result<Json> {
 }
 
 /// Builds an HF byte-level BPE tokenizer from `tokenizer.ggml.*` metadata.
+/// BPE merges implied by a SentencePiece vocabulary, as transformers'
+/// `generate_merges` derives them: every split of a token into two tokens of
+/// the vocabulary, ordered by the merged token's score (best first, then
+/// longer left and right parts first), ties kept in vocabulary order.
+fn merges_from_scores(tokens: &[String], scores: &[f64]) -> Vec<(String, String)> {
+    // Python's dict semantics for a repeated token: its first position, its
+    // last id and score.
+    let id: HashMap<&str, usize> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.as_str(), i))
+        .collect();
+    let score: HashMap<&str, f64> = tokens
+        .iter()
+        .map(String::as_str)
+        .zip(scores.iter().copied())
+        .collect();
+    let mut merges: Vec<(f64, usize, usize, &str, &str)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for token in tokens.iter().take(scores.len()) {
+        if !seen.insert(token.as_str()) {
+            continue;
+        }
+        let score = score[token.as_str()];
+        let mut local: Vec<(f64, usize, usize, &str, &str)> = token
+            .char_indices()
+            .skip(1)
+            .map(|(at, _)| token.split_at(at))
+            .filter(|(l, r)| id.contains_key(l) && id.contains_key(r))
+            .map(|(l, r)| (score, l.chars().count(), r.chars().count(), l, r))
+            .collect();
+        local.sort_by_key(|&(_, _, _, l, r)| (id[l], id[r]));
+        merges.extend(local);
+    }
+    // Stable and descending, like Python's `sorted(..., reverse=True)`.
+    merges.sort_by(|a, b| {
+        (b.0, b.1, b.2)
+            .partial_cmp(&(a.0, a.1, a.2))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    merges
+        .into_iter()
+        .map(|(_, _, _, l, r)| (l.to_string(), r.to_string()))
+        .collect()
+}
+
 fn gguf_tokenizer(f: &GgufFile) -> Result<(tokenizers::Tokenizer, Json)> {
     let path = &f.path;
     let model = f.need("tokenizer.ggml.model")?.as_str().unwrap_or("?");
-    if model != "gpt2" {
+    if model != "gpt2" && model != "llama" {
         return Err(ModelError::file(
             path,
-            format!("GGUF tokenizer model `{model}` is not supported (only `gpt2` byte-level BPE)"),
+            format!(
+                "GGUF tokenizer model `{model}` is not supported (`gpt2` byte-level BPE, \
+                 `llama` SentencePiece BPE)"
+            ),
         ));
     }
     let strings = |key: &str| -> Result<Vec<String>> {
@@ -790,7 +840,34 @@ fn gguf_tokenizer(f: &GgufFile) -> Result<(tokenizers::Tokenizer, Json)> {
             .ok_or_else(|| ModelError::file(path, format!("metadata `{key}` is not an array")))
     };
     let tokens = strings("tokenizer.ggml.tokens")?;
-    let merges = strings("tokenizer.ggml.merges")?;
+    let sentencepiece = model == "llama";
+    let merges: Vec<(String, String)> = if f.get("tokenizer.ggml.merges").is_some() {
+        strings("tokenizer.ggml.merges")?
+            .iter()
+            .map(|m| match m.split_once(' ') {
+                Some((l, r)) => Ok((l.to_string(), r.to_string())),
+                None => Err(ModelError::file(
+                    path,
+                    format!("merge `{m}` in `tokenizer.ggml.merges` is not two tokens"),
+                )),
+            })
+            .collect::<Result<_>>()?
+    } else if sentencepiece {
+        // SentencePiece files carry scores instead of merges.
+        let scores: Vec<f64> = f
+            .need("tokenizer.ggml.scores")?
+            .as_array()
+            .map(|a| a.iter().map(|v| v.as_f64().unwrap_or(0.0)).collect())
+            .ok_or_else(|| {
+                ModelError::file(path, "metadata `tokenizer.ggml.scores` is not an array")
+            })?;
+        merges_from_scores(&tokens, &scores)
+    } else {
+        return Err(ModelError::file(
+            path,
+            "metadata `tokenizer.ggml.merges` is missing",
+        ));
+    };
     let types: Vec<u64> = f
         .get("tokenizer.ggml.token_type")
         .and_then(Value::as_array)
@@ -805,14 +882,15 @@ fn gguf_tokenizer(f: &GgufFile) -> Result<(tokenizers::Tokenizer, Json)> {
         .enumerate()
         .map(|(i, t)| (t.clone(), json!(i)))
         .collect();
-    // llama.cpp token types: 3 = control (special), 4 = user-defined.
+    // llama.cpp token types: 2 = unknown, 3 = control (both special, as
+    // transformers adds them), 4 = user-defined (added, not special).
     let added: Vec<Json> = types
         .iter()
         .enumerate()
-        .filter(|(_, &t)| t == 3 || t == 4)
+        .filter(|(_, &t)| t == 3 || t == 4 || (sentencepiece && t == 2))
         .map(|(i, &t)| {
             json!({"id": i, "content": tokens[i], "single_word": false, "lstrip": false,
-                   "rstrip": false, "normalized": false, "special": t == 3})
+                   "rstrip": false, "normalized": false, "special": t != 4})
         })
         .collect();
     let token = |key: &str| {
@@ -824,10 +902,11 @@ fn gguf_tokenizer(f: &GgufFile) -> Result<(tokenizers::Tokenizer, Json)> {
     let eos = token("tokenizer.ggml.eos_token_id");
     let unk = token("tokenizer.ggml.unknown_token_id");
     let pad = token("tokenizer.ggml.padding_token_id");
+    // Without the flag, llama.cpp (and transformers) add BOS for SentencePiece.
     let add_bos = f
         .get("tokenizer.ggml.add_bos_token")
         .and_then(Value::as_bool)
-        .unwrap_or(false);
+        .unwrap_or(sentencepiece);
     let post = match (&bos, add_bos) {
         (Some(b), true) => json!({
             "type": "TemplateProcessing",
@@ -836,9 +915,28 @@ fn gguf_tokenizer(f: &GgufFile) -> Result<(tokenizers::Tokenizer, Json)> {
                      {"SpecialToken": {"id": b, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
             "special_tokens": {b.as_str(): {"id": b, "ids": [vocab[b.as_str()]], "tokens": [b]}}
         }),
+        _ if sentencepiece => Json::Null,
         _ => {
             json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": true})
         }
+    };
+    // SentencePiece as transformers' `LlamaTokenizer` builds it: `▁` for
+    // spaces (one prepended), byte fallback, fused unknowns.
+    let (pre_tokenizer, decoder) = if sentencepiece {
+        (
+            json!({"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": false}),
+            json!({"type": "Sequence", "decoders": [
+                {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+                {"type": "ByteFallback"},
+                {"type": "Fuse"},
+                {"type": "Strip", "content": " ", "start": 1, "stop": 0},
+            ]}),
+        )
+    } else {
+        (
+            pre_tokenizer(path, pre)?,
+            json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true}),
+        )
     };
     let tj = json!({
         "version": "1.0",
@@ -846,12 +944,12 @@ fn gguf_tokenizer(f: &GgufFile) -> Result<(tokenizers::Tokenizer, Json)> {
         "padding": null,
         "added_tokens": added,
         "normalizer": null,
-        "pre_tokenizer": pre_tokenizer(path, pre)?,
+        "pre_tokenizer": pre_tokenizer,
         "post_processor": post,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "decoder": decoder,
         "model": {
             "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+            "end_of_word_suffix": null, "fuse_unk": sentencepiece, "byte_fallback": sentencepiece,
             "ignore_merges": false, "vocab": vocab, "merges": merges,
         }
     });

@@ -194,3 +194,36 @@ fn hf_plugin_codec_reads_only_the_tokenizer() {
         .unwrap()
         .is_none());
 }
+
+/// A SentencePiece vocabulary in a GGUF (`tokenizer.ggml.model = "llama"`,
+/// scores, no merges, byte fallback) tokenises and decodes as transformers'
+/// GGUF loader does: leading and repeated spaces, bytes outside the
+/// vocabulary, special tokens written in the text, BOS first.
+#[test]
+fn sentencepiece_gguf_tokenizer_matches_transformers() {
+    let meta = expected_json("tiny-spm-gguf");
+    assert_eq!(meta["transformers"], "5.24.0");
+    let path = fixture("tiny-spm-gguf").join("tiny-spm.gguf");
+    let tok = gguf::load_tokenizer(&path)
+        .unwrap()
+        .expect("the file has a tokenizer");
+    let rows = meta["rows"].as_array().unwrap();
+    assert!(rows.len() >= 8);
+    for row in rows {
+        let text = row["text"].as_str().unwrap();
+        let want: Vec<i64> = row["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
+        let got = tok.encode(text, true).unwrap();
+        assert_eq!(got, want, "ids of {text:?}");
+        let decoded = tok.decode(&got, true).unwrap();
+        assert_eq!(
+            decoded,
+            row["decoded"].as_str().unwrap(),
+            "decoding of {text:?}"
+        );
+    }
+}
