@@ -1,9 +1,9 @@
 //! CPU kernels for decoding that LibTorch's BLAS does poorly.
 //!
 //! A decoding step multiplies a few activation rows (one per sequence) by
-//! every weight matrix. BLAS libraries (MKL, OpenBLAS, the `gemm` crate)
-//! repack the whole weight matrix on every call for such shapes, so a step
-//! reads each weight about twice and spends a third of its time copying
+//! every weight matrix. GEMMs built for large matrices pack their operands
+//! first; MKL repacks the whole weight matrix on every such call, so a step
+//! read each weight about twice and spent a third of its time copying
 //! (`perf` on SmolLM2 sampling: `mkl_blas_def_sgemm_scopy_right4_bdz`, 33%).
 //! [`linear_few_rows`] reads each weight row once, straight from its
 //! `[out, in]` layout, and dots it with every activation row held in cache.

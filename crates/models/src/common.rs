@@ -367,7 +367,7 @@ impl Linear {
 /// `x · Wᵀ + b` for `x` `[…, in]`, `weight` `[out, in]`. A decoding step
 /// has only a few rows (one token per sequence); for those, on the CPU in
 /// f32 without autograd, [`align_kernels::linear_few_rows`] reads each
-/// weight once instead of having BLAS repack it on every call (about 2× on
+/// weight once instead of having BLAS repack it on every call (1.4–3× on
 /// SmolLM2's shapes: `cargo bench -p align-models --bench linear`). Same
 /// product, different summation order.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
