@@ -23,8 +23,9 @@ pub fn simd_available() -> bool {
 /// `x` `[rows, k]`, `w` `[count, k]` row-major.
 ///
 /// # Safety
-/// `y` must be valid for writes at `i·ldy + j` for every such `i`, `j`, and
-/// no one else may access those elements meanwhile.
+/// `x.len() ≥ rows·k` and `w.len() ≥ count·k` (the SIMD path reads through
+/// raw pointers); `y` must be valid for writes at `i·ldy + j` for every such
+/// `i`, `j`, and no one else may access those elements meanwhile.
 #[allow(clippy::too_many_arguments)] // BLAS-style: operands, shapes, strides
 pub unsafe fn block(
     x: &[f32],

@@ -48,8 +48,8 @@ pub fn linear_few_rows(
 /// call `task(i)` for every `i < tasks`, on any threads, concurrently or not.
 ///
 /// # Safety
-/// `parallel` calls each task index at most once (two calls of one index
-/// would write the same outputs concurrently).
+/// `parallel` calls `task` only with indices below `tasks`, each at most
+/// once (two calls of one index would write the same outputs concurrently).
 ///
 /// # Panics
 /// As [`linear_few_rows`].
@@ -64,9 +64,11 @@ pub unsafe fn linear_few_rows_with(
     y: &mut [f32],
     parallel: impl FnOnce(usize, &(dyn Fn(usize) + Sync)),
 ) {
-    assert_eq!(x.len(), rows * k, "x is [rows, k]");
-    assert_eq!(w.len(), n * k, "w is [n, k]");
-    assert_eq!(y.len(), rows * n, "y is [rows, n]");
+    // Checked products: a wrapped one could pass for a slice's length, and
+    // the SIMD path reads through raw pointers.
+    assert_eq!(rows.checked_mul(k), Some(x.len()), "x is [rows, k]");
+    assert_eq!(n.checked_mul(k), Some(w.len()), "w is [n, k]");
+    assert_eq!(rows.checked_mul(n), Some(y.len()), "y is [rows, n]");
     if let Some(b) = bias {
         assert_eq!(b.len(), n, "bias is [n]");
     }
@@ -179,6 +181,13 @@ mod tests {
         for (a, b) in simd.iter().zip(&plain) {
             assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
         }
+    }
+
+    #[test]
+    #[should_panic(expected = "x is [rows, k]")]
+    fn wrapping_shape_products_are_refused() {
+        let mut y = vec![0f32; 4];
+        linear_few_rows(&[], 2, 1 << (usize::BITS - 1), &[], 2, None, &mut y);
     }
 
     #[test]

@@ -382,6 +382,10 @@ pub const FEW_ROWS: i64 = 32;
 /// or gradients to record.
 pub fn few_rows_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Option<Tensor> {
     let (out, inp) = weight.size2().ok()?;
+    // A mismatched input goes to LibTorch, whose error names both shapes.
+    if x.size().last() != Some(&inp) {
+        return None;
+    }
     let rows = x.numel() as i64 / inp.max(1);
     let f32_cpu = |t: &Tensor| t.device() == Device::Cpu && t.kind() == Kind::Float;
     if !(1..=FEW_ROWS).contains(&rows)

@@ -806,11 +806,7 @@ fn merges_from_scores(tokens: &[String], scores: &[f64]) -> Vec<(String, String)
         merges.extend(local);
     }
     // Stable and descending, like Python's `sorted(..., reverse=True)`.
-    merges.sort_by(|a, b| {
-        (b.0, b.1, b.2)
-            .partial_cmp(&(a.0, a.1, a.2))
-            .unwrap_or(std::cmp::Ordering::Equal)
-    });
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)).then(b.2.cmp(&a.2)));
     merges
         .into_iter()
         .map(|(_, _, _, l, r)| (l.to_string(), r.to_string()))
@@ -857,9 +853,12 @@ fn gguf_tokenizer(f: &GgufFile) -> Result<(tokenizers::Tokenizer, Json)> {
         let scores: Vec<f64> = f
             .need("tokenizer.ggml.scores")?
             .as_array()
-            .map(|a| a.iter().map(|v| v.as_f64().unwrap_or(0.0)).collect())
+            .and_then(|a| a.iter().map(Value::as_f64).collect::<Option<Vec<f64>>>())
             .ok_or_else(|| {
-                ModelError::file(path, "metadata `tokenizer.ggml.scores` is not an array")
+                ModelError::file(
+                    path,
+                    "metadata `tokenizer.ggml.scores` is not an array of numbers",
+                )
             })?;
         merges_from_scores(&tokens, &scores)
     } else {

@@ -11,9 +11,11 @@
 //! (libgomp; LLVM's libomp exports it too). Where it is missing, the tasks
 //! run on rayon's pool instead.
 
+use std::any::Any;
 use std::ffi::{c_uint, c_void};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use rayon::prelude::*;
 
@@ -45,18 +47,26 @@ struct Job<'a> {
     task: &'a (dyn Fn(usize) + Sync),
     next: AtomicUsize,
     tasks: usize,
+    /// A task's panic, carried past the C frames and resumed by the caller.
+    panic: Mutex<Option<Box<dyn Any + Send>>>,
 }
 
 extern "C" fn run_job(data: *mut c_void) {
     // SAFETY: `data` is the `Job` that `for_each_task` keeps alive until
     // `GOMP_parallel` returns (after every thread of the team has finished).
     let job = unsafe { &*(data as *const Job) };
-    loop {
+    let claimed = std::panic::catch_unwind(AssertUnwindSafe(|| loop {
         let i = job.next.fetch_add(1, Ordering::Relaxed);
         if i >= job.tasks {
             break;
         }
         (job.task)(i);
+    }));
+    if let Err(payload) = claimed {
+        // Stop the other threads claiming more, keep the first panic.
+        job.next.store(job.tasks, Ordering::Relaxed);
+        let mut slot = job.panic.lock().unwrap_or_else(|e| e.into_inner());
+        slot.get_or_insert(payload);
     }
 }
 
@@ -72,11 +82,16 @@ pub fn for_each_task(threads: usize, tasks: usize, task: &(dyn Fn(usize) + Sync)
                 task,
                 next: AtomicUsize::new(0),
                 tasks,
+                panic: Mutex::new(None),
             };
             let team = threads.min(tasks) as c_uint;
             // SAFETY: `run_job` matches the callback ABI and `job` outlives
             // the call, which returns once the whole team is done.
             unsafe { parallel(run_job, &job as *const Job as *mut c_void, team, 0) };
+            let panic = job.panic.into_inner().unwrap_or_else(|e| e.into_inner());
+            if let Some(payload) = panic {
+                std::panic::resume_unwind(payload);
+            }
         }
         None => (0..tasks).into_par_iter().for_each(task),
     }
