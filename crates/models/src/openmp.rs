@@ -114,4 +114,19 @@ mod tests {
             );
         }
     }
+
+    /// A panicking task unwinds out of `for_each_task` (not an abort in the
+    /// C frames of the OpenMP runtime).
+    #[test]
+    fn a_task_panic_reaches_the_caller() {
+        let caught = std::panic::catch_unwind(|| {
+            for_each_task(2, 8, &|i| assert!(i != 5, "task 5 fails"));
+        });
+        let payload = caught.expect_err("the panic propagates");
+        let message = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()));
+        assert_eq!(message.as_deref(), Some("task 5 fails"));
+    }
 }
