@@ -409,21 +409,17 @@ pub fn dequantize(ty: GgmlType, raw: &[u8], n: usize) -> std::result::Result<Vec
                 out.extend(qs.iter().enumerate().map(|(j, &q)| value(q >> 4, j + 16)));
             }
         }
-        GgmlType::Q2K => raw
-            .chunks_exact(84)
-            .for_each(|b| out.extend(k_quants::q2_k(b))),
-        GgmlType::Q3K => raw
-            .chunks_exact(110)
-            .for_each(|b| out.extend(k_quants::q3_k(b))),
-        GgmlType::Q4K => raw
-            .chunks_exact(144)
-            .for_each(|b| out.extend(k_quants::q4_k(b))),
-        GgmlType::Q5K => raw
-            .chunks_exact(176)
-            .for_each(|b| out.extend(k_quants::q5_k(b))),
-        GgmlType::Q6K => raw
-            .chunks_exact(210)
-            .for_each(|b| out.extend(k_quants::q6_k(b))),
+        GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => {
+            let decode: fn(&[u8]) -> [f32; QK_K] = match ty {
+                GgmlType::Q2K => k_quants::q2_k,
+                GgmlType::Q3K => k_quants::q3_k,
+                GgmlType::Q4K => k_quants::q4_k,
+                GgmlType::Q5K => k_quants::q5_k,
+                _ => k_quants::q6_k,
+            };
+            let (_, bytes) = ty.block().expect("K-quants have a block layout");
+            raw.chunks_exact(bytes).for_each(|b| out.extend(decode(b)));
+        }
         GgmlType::Other(t) => return Err(format!("ggml type {t} is not supported")),
     }
     if out.len() != n {

@@ -32,39 +32,28 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
 /// `rope_parameters`; older configs use `rope_theta`, GPT-NeoX `rotary_emb_base`
 /// and `rotary_pct`).
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
 pub struct RopeParameters {
-    #[serde(default)]
     pub rope_theta: Option<f64>,
-    #[serde(default)]
     pub rotary_emb_base: Option<f64>,
-    #[serde(default)]
     pub rotary_pct: Option<f64>,
-    #[serde(default)]
     pub partial_rotary_factor: Option<f64>,
-    #[serde(default)]
     pub rope_parameters: Option<NestedRope>,
     /// transformers 4's spelling of the scaling settings.
-    #[serde(default)]
     pub rope_scaling: Option<NestedRope>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
 pub struct NestedRope {
-    #[serde(default)]
     pub rope_theta: Option<f64>,
-    #[serde(default)]
     pub rope_type: Option<String>,
-    #[serde(default, rename = "type")]
+    #[serde(rename = "type")]
     pub kind: Option<String>,
-    #[serde(default)]
     pub partial_rotary_factor: Option<f64>,
-    #[serde(default)]
     pub factor: Option<f64>,
-    #[serde(default)]
     pub low_freq_factor: Option<f64>,
-    #[serde(default)]
     pub high_freq_factor: Option<f64>,
-    #[serde(default)]
     pub original_max_position_embeddings: Option<f64>,
 }
 

@@ -2,10 +2,10 @@
 //!
 //! LibTorch parallelises its operators with OpenMP; its worker threads spin
 //! for a while after each operator, waiting for the next. A second pool (say
-//! rayon's) for our kernels would fight them for the cores: on 2 cores,
-//! SmolLM2 sampling ran at 87 tokens/s with a rayon pool beside LibTorch's
-//! and at 199 on LibTorch's team (`runner bench`, batch 16, 2 threads). So
-//! the tasks go to the team
+//! rayon's) for our kernels would fight them for the cores: on 2 cores, a
+//! first version on a rayon pool sampled SmolLM2 at 87 tokens/s where this
+//! one reaches 199 (`runner bench`, batch 16, 2 threads; the rayon version
+//! is not kept). So the tasks go to the team
 //! through `GOMP_parallel`, the entry point GCC emits for `#pragma omp
 //! parallel`, looked up at run time in the OpenMP runtime LibTorch loaded
 //! (libgomp; LLVM's libomp exports it too). Where it is missing, the tasks

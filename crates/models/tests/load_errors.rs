@@ -5,16 +5,8 @@ mod common;
 use std::path::Path;
 
 use align_models::{load, DType};
-use common::fixture;
+use common::{copy_dir, fixture};
 use tch::Device;
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let p = entry.unwrap().path();
-        std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
-    }
-}
 
 fn load_err(path: &Path) -> String {
     match load(path, DType::F32, Device::Cpu) {

@@ -11,7 +11,7 @@ use align_core::sampling::sample;
 use align_core::task::Prompt;
 use align_core::SamplingConfig;
 use align_models::{load, Architecture, DType};
-use common::{assert_close, device, expected, expected_json, fixture};
+use common::{assert_close, copy_dir, device, expected, expected_json, fixture};
 use tch::nn::OptimizerConfig;
 use tch::{Device, Kind, Tensor};
 
@@ -103,10 +103,7 @@ fn llama_tied_matches_transformers() {
 fn llama3_rope_scaling_matches_transformers() {
     check_causal("tiny-llama3-rope", Architecture::Llama);
     let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(fixture("tiny-llama3-rope")).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
-    }
+    copy_dir(&fixture("tiny-llama3-rope"), dir.path());
     let config = dir.path().join("config.json");
     let mut cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();

@@ -59,3 +59,12 @@ pub fn assert_close(got: &Tensor, want: &Tensor, keep: &Tensor, rtol: f64, atol:
         "{what}: {n_bad} elements outside rtol {rtol} + atol {atol} (max relative error {worst:e}, max |want| {scale})"
     );
 }
+
+/// Copies the files of fixture directory `from` into `to` (created if missing).
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+    }
+}
