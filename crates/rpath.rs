@@ -5,7 +5,10 @@
 //
 // Also keep libtorch_cuda as a dependency: nothing references its symbols, so
 // the linker's --as-needed would drop it and LibTorch would see no CUDA device.
-fn main() {
+//
+// `pub` so that a crate with its own build script (the runner's) can load this
+// file as a module and call it.
+pub fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     if let Ok(dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");

@@ -18,7 +18,6 @@ fn metric(rows: &[runner::Row], run: &str, name: &str) -> f64 {
 
 #[test]
 fn brain_approaches_the_exact_posterior_and_runs_reproduce() {
-    runner::link_plugins();
     let manifest = Manifest::load(&manifest_path(), &[]).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let first = runner::run(&manifest, &dir.path().join("a"), false).unwrap();
@@ -62,7 +61,6 @@ fn brain_approaches_the_exact_posterior_and_runs_reproduce() {
 /// SLiC-HF receives the reference log-probs it regularises with.
 #[test]
 fn every_estimator_trains_through_the_loop() {
-    runner::link_plugins();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments/estimators.toml");
     let manifest = Manifest::load(
         &path,
@@ -104,7 +102,6 @@ fn every_estimator_trains_through_the_loop() {
 /// mixture density, still bring BRAIn to the posterior.
 #[test]
 fn pooled_proposals_reach_the_posterior() {
-    runner::link_plugins();
     let path =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments/ablation-proposal.toml");
     let manifest = Manifest::load(&path, &["train.eval_every=0".into()]).unwrap();

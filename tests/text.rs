@@ -25,7 +25,6 @@ fn sentiment_on_a_tiny_llama() {
         );
         return;
     }
-    runner::link_plugins();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments/tiny-sentiment.toml");
     let manifest = Manifest::load(&path, &["device=cpu".into()]).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -57,7 +56,6 @@ fn sentiment_on_a_tiny_llama() {
 /// (policy = reference) and falls as the policy learns to prefer `chosen`.
 #[test]
 fn direct_dpo_learns_the_dataset_preferences() {
-    runner::link_plugins();
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
     let manifest = format!(
         r#"name = "direct"
@@ -127,7 +125,6 @@ fn hf_reward_model_scores_the_samples_of_a_run() {
         eprintln!("SKIPPED hf_reward_model_scores_the_samples_of_a_run: sentiment data not found; run `cargo xtask setup`");
         return;
     }
-    runner::link_plugins();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let fixtures = root.join("tests/fixtures").canonicalize().unwrap();
     let text = std::fs::read_to_string(root.join("experiments/tiny-sentiment.toml"))

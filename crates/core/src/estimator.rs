@@ -1,8 +1,10 @@
 //! Estimators are pure functions of sequence log-prob tensors: they never see
-//! logits or models, so each one is a small, testable loss function.
+//! logits or models, so each one is a small, testable loss function. What
+//! data they read is a value, their [`DataPlan`].
 
 use tch::Tensor;
 
+use crate::plan::DataPlan;
 use crate::Metrics;
 
 /// Per-prompt groups of `n` samples: every tensor is `[P, n]`, f32 or f64.
@@ -20,64 +22,17 @@ pub struct GroupInputs {
     /// Completion lengths in tokens (for length normalisation).
     pub lengths: Tensor,
     /// `log q_θ(y_ref|x)` `[P]` of each prompt's reference (gold / SFT) output,
-    /// when the estimator asked for it ([`Estimator::needs_reference`]).
+    /// when the estimator's plan asks for it ([`DataPlan::reference_logp`]).
     pub reference_policy_logp: Option<Tensor>,
 }
 
-impl GroupInputs {
-    /// Keeps the samples at `index` `[P, k]` of every `[P, n]` tensor.
-    pub fn select(&self, index: &Tensor) -> GroupInputs {
-        let pick = |t: &Tensor| t.gather(1, index, false);
-        GroupInputs {
-            policy_logp: pick(&self.policy_logp),
-            proposal_logp: pick(&self.proposal_logp),
-            prior_logp: pick(&self.prior_logp),
-            log_goodness: pick(&self.log_goodness),
-            reward: pick(&self.reward),
-            lengths: pick(&self.lengths),
-            reference_policy_logp: self
-                .reference_policy_logp
-                .as_ref()
-                .map(Tensor::shallow_clone),
-        }
-    }
-}
-
+/// An estimator: the data it trains on, declared once, and a pure loss over
+/// that data. The training loop reads nothing else from it.
 pub trait Estimator: Send + Sync {
-    /// Samples drawn per prompt (`n`).
-    fn samples_per_prompt(&self) -> i64;
-
-    /// Refresh the proposal to the current policy every K steps (`None`: the
-    /// proposal stays the prior).
-    fn proposal_refresh_every(&self) -> Option<usize> {
-        None
-    }
-
-    /// Once the proposal has been refreshed, draw this fraction of each
-    /// prompt's samples from the prior and the rest from the proposal; every
-    /// sample's `proposal_logp` is then the mixture density.
-    fn prior_fraction(&self) -> f64 {
-        0.0
-    }
-
-    /// Train on the task's preference pairs (chosen first, rejected second,
-    /// `reward` 1 and 0) instead of sampling: DPO's "direct" mode.
-    fn uses_dataset_pairs(&self) -> bool {
-        false
-    }
-
-    /// Whether [`GroupInputs::reference_policy_logp`] must be filled in (the
-    /// task must then provide reference outputs).
-    fn needs_reference(&self) -> bool {
-        false
-    }
-
-    /// Chooses which of the `n` samples per prompt to train on, from their
-    /// rewards `[P, n]` (e.g. RSO's rejection sampler), before the policy
-    /// scores them: indices `[P, k]`. `None` keeps all. Deterministic in `seed`.
-    fn subsample(&self, _reward: &Tensor, _seed: u64) -> Option<Tensor> {
-        None
-    }
+    /// What each step's [`GroupInputs`] hold: how many candidates per prompt,
+    /// from which distribution, which subset the loss reads, whether it needs
+    /// the reference outputs.
+    fn plan(&self) -> DataPlan;
 
     /// Scalar loss to minimise (mean over prompts) and metrics for logging.
     fn loss(&self, inputs: &GroupInputs) -> (Tensor, Metrics);

@@ -2,24 +2,31 @@
 //! plugin registry, the manifest, and the shared tensor kernels (sequence
 //! log-probs, sampling). Plugin crates depend on this crate only.
 
+pub mod batcher;
+pub mod build;
+pub mod device;
 pub mod estimator;
 pub mod evaluator;
 pub mod io;
 pub mod logprob;
 pub mod manifest;
 pub mod metrics;
+pub mod plan;
 pub mod policy;
+pub mod progress;
 pub mod registry;
 pub mod reward;
 pub mod sampling;
 pub mod task;
 pub mod text;
 
+pub use device::DeviceChoice;
 pub use estimator::{pair_mask, pair_mean, Estimator, GroupInputs, Pairs};
 pub use evaluator::{EvalContext, Evaluator};
 pub use metrics::Metrics;
+pub use plan::{Candidates, DataPlan, Distribution};
 pub use policy::{Decoder, ModelContext, ModelSpec, Policy};
-pub use registry::{Kind, Plugin, PluginError};
+pub use registry::{Plugin, PluginError, PluginKind};
 pub use reward::{GoodnessModel, RewardModel, RewardSpec};
 pub use sampling::{SampleBatch, SamplingConfig};
 pub use task::{Task, TaskContext, TaskSpec};

@@ -13,13 +13,24 @@ use std::sync::OnceLock;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::manifest::PathBase;
 use crate::{Estimator, Evaluator, GoodnessModel, ModelSpec, RewardSpec, TaskSpec};
 
-/// The deserializer a constructor reads its table from; errors carry spans.
-pub type ConfigDeserializer = toml_edit::de::ValueDeserializer;
+/// What a constructor reads: its table (a deserializer whose errors carry
+/// source spans) and where the manifest's relative paths start.
+pub struct ConfigDeserializer {
+    table: toml_edit::de::ValueDeserializer,
+    base: PathBase,
+}
+
+impl ConfigDeserializer {
+    pub fn new(table: toml_edit::de::ValueDeserializer, base: PathBase) -> ConfigDeserializer {
+        ConfigDeserializer { table, base }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Kind {
+pub enum PluginKind {
     Task,
     Model,
     Reward,
@@ -28,29 +39,29 @@ pub enum Kind {
     Evaluator,
 }
 
-impl Kind {
-    pub const ALL: [Kind; 6] = [
-        Kind::Task,
-        Kind::Model,
-        Kind::Reward,
-        Kind::Goodness,
-        Kind::Estimator,
-        Kind::Evaluator,
+impl PluginKind {
+    pub const ALL: [PluginKind; 6] = [
+        PluginKind::Task,
+        PluginKind::Model,
+        PluginKind::Reward,
+        PluginKind::Goodness,
+        PluginKind::Estimator,
+        PluginKind::Evaluator,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
-            Kind::Task => "task",
-            Kind::Model => "model",
-            Kind::Reward => "reward",
-            Kind::Goodness => "goodness",
-            Kind::Estimator => "estimator",
-            Kind::Evaluator => "evaluator",
+            PluginKind::Task => "task",
+            PluginKind::Model => "model",
+            PluginKind::Reward => "reward",
+            PluginKind::Goodness => "goodness",
+            PluginKind::Estimator => "estimator",
+            PluginKind::Evaluator => "evaluator",
         }
     }
 }
 
-impl fmt::Display for Kind {
+impl fmt::Display for PluginKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -66,6 +77,9 @@ pub enum PluginError {
     /// The config deserialized but a value is out of range; `key` names it.
     #[error("`{key}`: {message}")]
     Invalid { key: String, message: String },
+    /// A file named at `key` does not exist.
+    #[error("{message}")]
+    Path { key: String, message: String },
 }
 
 impl PluginError {
@@ -92,14 +106,14 @@ pub enum Constructor {
 }
 
 impl Constructor {
-    pub fn kind(&self) -> Kind {
+    pub fn kind(&self) -> PluginKind {
         match self {
-            Constructor::Task(_) => Kind::Task,
-            Constructor::Model(_) => Kind::Model,
-            Constructor::Reward(_) => Kind::Reward,
-            Constructor::Goodness(_) => Kind::Goodness,
-            Constructor::Estimator(_) => Kind::Estimator,
-            Constructor::Evaluator(_) => Kind::Evaluator,
+            Constructor::Task(_) => PluginKind::Task,
+            Constructor::Model(_) => PluginKind::Model,
+            Constructor::Reward(_) => PluginKind::Reward,
+            Constructor::Goodness(_) => PluginKind::Goodness,
+            Constructor::Estimator(_) => PluginKind::Estimator,
+            Constructor::Evaluator(_) => PluginKind::Evaluator,
         }
     }
 }
@@ -122,8 +136,21 @@ pub fn build_from_config<C, T: ?Sized>(
 where
     C: DeserializeOwned + Serialize,
 {
-    let config: C = serde::Deserialize::deserialize(de)?;
-    let object = make(&config)?;
+    build_resolving(de, |c: &mut C, _| make(c))
+}
+
+/// [`build_from_config`] for configs that name files: `make` resolves each
+/// [`InputPath`](crate::manifest::InputPath) with [`PathBase::resolve`]
+/// (relative paths start at the manifest's directory) before using it.
+pub fn build_resolving<C, T: ?Sized>(
+    de: ConfigDeserializer,
+    make: impl FnOnce(&mut C, &PathBase) -> Result<Box<T>, PluginError>,
+) -> Result<Built<T>, PluginError>
+where
+    C: DeserializeOwned + Serialize,
+{
+    let mut config: C = serde::Deserialize::deserialize(de.table)?;
+    let object = make(&mut config, &de.base)?;
     let resolved = toml::Value::try_from(&config).map_err(|e| {
         PluginError::invalid(
             "(config)",
@@ -135,16 +162,16 @@ where
 
 /// Every registered plugin, by kind then name.
 pub struct Registry {
-    plugins: BTreeMap<(Kind, &'static str), &'static Plugin>,
+    plugins: BTreeMap<(PluginKind, &'static str), &'static Plugin>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("two {kind} plugins are registered under the name `{name}`; rename one of them")]
-    Duplicate { kind: Kind, name: String },
+    Duplicate { kind: PluginKind, name: String },
     #[error("unknown {kind} `{name}`; known {kind} plugins: {known}")]
     Unknown {
-        kind: Kind,
+        kind: PluginKind,
         name: String,
         known: String,
     },
@@ -178,14 +205,14 @@ impl Registry {
         })
     }
 
-    pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &'static Plugin> + '_ {
+    pub fn of_kind(&self, kind: PluginKind) -> impl Iterator<Item = &'static Plugin> + '_ {
         self.plugins
             .iter()
             .filter(move |((k, _), _)| *k == kind)
             .map(|(_, p)| *p)
     }
 
-    pub fn get(&self, kind: Kind, name: &str) -> Result<&'static Plugin, RegistryError> {
+    pub fn get(&self, kind: PluginKind, name: &str) -> Result<&'static Plugin, RegistryError> {
         self.plugins
             .iter()
             .find(|((k, n), _)| *k == kind && *n == name)
@@ -204,7 +231,7 @@ impl Registry {
     /// `runner list`: every plugin, grouped by kind.
     pub fn listing(&self) -> String {
         let mut out = String::new();
-        for kind in Kind::ALL {
+        for kind in PluginKind::ALL {
             out.push_str(&format!("{kind}:\n"));
             let width = self.of_kind(kind).map(|p| p.name.len()).max().unwrap_or(0);
             for p in self.of_kind(kind) {
@@ -249,7 +276,7 @@ mod tests {
     #[test]
     fn unknown_name_lists_known_ones() {
         let reg = Registry::from_plugins([&A]).unwrap();
-        let err = reg.get(Kind::Goodness, "nope").err().unwrap();
+        let err = reg.get(PluginKind::Goodness, "nope").err().unwrap();
         assert_eq!(
             err.to_string(),
             "unknown goodness `nope`; known goodness plugins: `same`"

@@ -15,6 +15,12 @@ pub trait RewardSpec: Send + Sync {
 
 /// `log p(G = 1 | x, y)` from rewards (see ALGORITHMS.md, "Goodness models").
 pub trait GoodnessModel: Send + Sync {
+    /// Whether [`GoodnessModel::log_goodness`] reads `reference_reward`, so
+    /// callers score a reference output only for models that use it.
+    fn needs_reference(&self) -> bool {
+        false
+    }
+
     /// `reward` `[B]`; `reference_reward` `[B]` is the reward of the reference
     /// output for the same prompt, for models that compare against one.
     fn log_goodness(

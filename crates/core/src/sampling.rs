@@ -188,6 +188,23 @@ impl SampleBatch {
         }
     }
 
+    /// A batch of decoded texts only (no token ids: the id tensors are
+    /// `[B, 0]`), for scoring text that was sampled elsewhere with rewards
+    /// that read [`SampleBatch::texts`]. Row `i` is its own prompt `i`.
+    pub fn from_texts(texts: Vec<crate::SampleText>, device: Device) -> SampleBatch {
+        let b = texts.len() as i64;
+        let empty = || Tensor::zeros([b, 0], (Kind::Int64, device));
+        SampleBatch {
+            input_ids: empty(),
+            attention_mask: empty(),
+            completion_mask: empty(),
+            prompt_index: (0..texts.len()).collect(),
+            proposal_logp: Tensor::zeros([b], (Kind::Float, device)),
+            model_logp: Tensor::zeros([b], (Kind::Float, device)),
+            texts: Some(texts),
+        }
+    }
+
     /// The rows at `rows` `[K]` (i64), in that order.
     pub fn select_rows(&self, rows: &Tensor) -> SampleBatch {
         let rows = rows.to_device(self.input_ids.device());
@@ -473,6 +490,22 @@ mod tests {
         assert!(batch
             .model_logp
             .allclose(&policy_logprobs(&model, &batch), 1e-5, 1e-5, false));
+    }
+
+    #[test]
+    fn text_batches_carry_texts_and_no_ids() {
+        let texts = vec![
+            crate::SampleText {
+                prompt: "a".into(),
+                completion: "b".into(),
+            };
+            3
+        ];
+        let batch = SampleBatch::from_texts(texts.clone(), Device::Cpu);
+        assert_eq!(batch.len(), 3);
+        assert_eq!(batch.input_ids.size(), [3, 0]);
+        assert_eq!(batch.prompt_index, [0, 1, 2]);
+        assert_eq!(batch.texts, Some(texts));
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //!   Parquet, OpenAI's comparison JSON lines).
 //! - [`files`]: one manifest config (`format`, `path`, `max_bad_fraction`)
 //!   for the HH and TL;DR files.
+//! - [`rm_examples`]: reward-model training data (sentiment halves,
+//!   preference files) as labelled texts or text pairs.
 //! - Shared: [`records`] (record types), [`split`] (deterministic splits by
 //!   SHA-256 of a stable key), [`rows`] (malformed rows: reported with file
 //!   and line; a file with more than `max_bad_fraction` of them is refused),
@@ -24,6 +26,7 @@ pub mod files;
 pub mod hh;
 pub mod location;
 pub mod records;
+pub mod rm_examples;
 pub mod rows;
 pub mod sentiment;
 pub mod split;
@@ -35,6 +38,3 @@ pub use files::{FileDatasetConfig, FileFormat, FileRecords};
 pub use records::{Demonstration, LabelledText, PreferencePair, RatedText};
 pub use rows::{BadRow, Loaded, Location, DEFAULT_MAX_BAD_FRACTION};
 pub use split::{Split, SplitConfig, Splits};
-
-/// Referenced by the runner so the linker keeps this crate's registrations.
-pub fn link() {}

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use align_core::manifest::InputPath;
-use align_core::registry::{build_from_config, Built, ConfigDeserializer, Constructor};
+use align_core::registry::{build_from_config, build_resolving, Built, ConfigDeserializer, Constructor};
 use align_core::task::{Prompt, TokenPair};
 use align_core::{Plugin, PluginError, Task, TaskContext, TaskSpec, TextCodec};
 use rayon::prelude::*;
@@ -230,7 +230,7 @@ impl TaskSpec for PreferenceFileSpec {
         })?;
         let file = FileDatasetConfig {
             format: c.format,
-            path: c.path.0.clone(),
+            path: c.path.path().to_path_buf(),
             max_bad_fraction: c.max_bad_fraction,
         };
         let (pairs, demos): (Vec<PreferencePair>, Vec<Demonstration>) = match file.load()? {
@@ -263,7 +263,7 @@ impl TaskSpec for PreferenceFileSpec {
         anyhow::ensure!(
             !train.is_empty(),
             "{}: no training records in the train split",
-            c.path.0.display()
+            c.path.path().display()
         );
         let mut task = TextTask::tokenize(codec.as_ref(), &train, &eval, c.chat, c.max_new_tokens)?;
         let train_pairs: Vec<&PreferencePair> = pairs
@@ -294,7 +294,8 @@ impl TaskSpec for PreferenceFileSpec {
 }
 
 fn construct_preference_file(de: ConfigDeserializer) -> Result<Built<dyn TaskSpec>, PluginError> {
-    build_from_config(de, |c: &PreferenceFileConfig| {
+    build_resolving(de, |c: &mut PreferenceFileConfig, base| {
+        base.resolve("path", &mut c.path)?;
         if c.max_new_tokens < 1 {
             return Err(PluginError::invalid("max_new_tokens", "must be ≥ 1"));
         }

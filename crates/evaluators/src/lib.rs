@@ -2,6 +2,3 @@
 
 pub mod exact_kl;
 pub mod reward_stats;
-
-/// Referenced by the runner so the linker keeps this crate's registrations.
-pub fn link() {}

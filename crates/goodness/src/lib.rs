@@ -6,9 +6,6 @@ use align_core::{GoodnessModel, Plugin, PluginError};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-/// Referenced by the runner so the linker keeps this crate's registrations.
-pub fn link() {}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TemperatureConfig {
@@ -50,6 +47,10 @@ pub struct BtVsReference {
 }
 
 impl GoodnessModel for BtVsReference {
+    fn needs_reference(&self) -> bool {
+        true
+    }
+
     fn log_goodness(&self, reward: &Tensor, reference: Option<&Tensor>) -> anyhow::Result<Tensor> {
         let reference = reference.ok_or_else(|| {
             anyhow::anyhow!("goodness `bt-vs-reference` needs the reward of a reference output; this task provides none (use `bt-exp`)")
@@ -120,6 +121,9 @@ mod tests {
             .unwrap();
         assert!((g.double_value(&[0]) + 0.474_076_9).abs() < 1e-6);
         assert!(BtVsReference { tau: 1.0 }.log_goodness(&r, None).is_err());
+        assert!(BtVsReference { tau: 1.0 }.needs_reference());
+        assert!(!BtExp { tau: 1.0 }.needs_reference());
+        assert!(!Classifier { tau: 1.0 }.needs_reference());
         // log σ(0) / 0.5 = 2 log 0.5 = −1.386294
         let g = Classifier { tau: 0.5 }
             .log_goodness(&t(&[0.0]), None)

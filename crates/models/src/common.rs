@@ -2,6 +2,8 @@
 //! masks from padding masks, rotary embeddings, a growable KV cache, and the
 //! generic `Policy` / `Decoder` wrappers.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
 use align_core::{Decoder, Policy};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -370,8 +372,59 @@ impl Linear {
 /// weight once instead of having BLAS repack it on every call (1.4–3× on
 /// SmolLM2's shapes: `cargo bench -p align-models --bench linear`). Same
 /// product, different summation order.
+///
+/// That route is the `cpu-decode-kernel` feature (on by default); without
+/// it, or after [`set_decode_kernel`]`(false)`, every call is LibTorch's.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
-    few_rows_linear(x, weight, bias).unwrap_or_else(|| x.linear(weight, bias))
+    // Why a second route: on few-row GEMMs MKL repacks the whole weight
+    // matrix on every call, so a decoding step read each weight twice and
+    // spent a third of its time copying. The kernel sums each dot product
+    // in another order than MKL, so its outputs differ from LibTorch's in
+    // the last bits, and which route a call takes depends on its row count
+    // (≤ FEW_ROWS): sampling and full-sequence scoring of the same tokens
+    // can differ by that rounding. `tests/decode_kernel.rs` checks that both
+    // routes sample the same tokens with the same log-probs.
+    #[cfg(feature = "cpu-decode-kernel")]
+    if DECODE_KERNEL.load(Ordering::Relaxed) {
+        if let Some(y) = few_rows_linear(x, weight, bias) {
+            return y;
+        }
+    }
+    x.linear(weight, bias)
+}
+
+/// Whether [`linear`] may take the decoding kernel (default: yes).
+static DECODE_KERNEL: AtomicBool = AtomicBool::new(true);
+
+/// How many products the decoding kernel has computed in this process.
+static DECODE_KERNEL_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+/// Lets [`linear`] take the decoding kernel (`true`, the default) or forces
+/// LibTorch for every product (`false`), process-wide; returns the previous
+/// setting. For comparing both routes in one binary. Without the
+/// `cpu-decode-kernel` feature the kernel is never taken, whatever this says.
+pub fn set_decode_kernel(enabled: bool) -> bool {
+    DECODE_KERNEL.swap(enabled, Ordering::Relaxed)
+}
+
+/// Whether [`linear`] can take the decoding kernel here: the
+/// `cpu-decode-kernel` feature is on and this CPU has AVX2 and FMA (whatever
+/// [`set_decode_kernel`] says).
+pub fn decode_kernel_available() -> bool {
+    #[cfg(feature = "cpu-decode-kernel")]
+    {
+        align_kernels::simd_available()
+    }
+    #[cfg(not(feature = "cpu-decode-kernel"))]
+    {
+        false
+    }
+}
+
+/// How many products [`linear`] (or [`few_rows_linear`]) has computed with
+/// the decoding kernel in this process, for tests and diagnostics.
+pub fn decode_kernel_calls() -> usize {
+    DECODE_KERNEL_CALLS.load(Ordering::Relaxed)
 }
 
 /// At most this many rows take [`few_rows_linear`].
@@ -380,6 +433,7 @@ pub const FEW_ROWS: i64 = 32;
 /// The decoding route of [`linear`], or `None` where it does not apply:
 /// more than [`FEW_ROWS`] rows, not f32 on the CPU, a CPU without AVX2/FMA,
 /// or gradients to record.
+#[cfg(feature = "cpu-decode-kernel")]
 pub fn few_rows_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Option<Tensor> {
     let (out, inp) = weight.size2().ok()?;
     // A mismatched input goes to LibTorch, whose error names both shapes.
@@ -421,11 +475,13 @@ pub fn few_rows_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Op
         // `for_each_task` runs each task once.
         align_kernels::linear_few_rows_with(xs, rows, inp, ws, out, bs, y_mut, team);
     }
+    DECODE_KERNEL_CALLS.fetch_add(1, Ordering::Relaxed);
     let mut shape = x.size();
     *shape.last_mut().expect("x has a feature dim") = out;
     Some(y.view(shape.as_slice()))
 }
 
+#[cfg(feature = "cpu-decode-kernel")]
 /// Whether autograd records operations now (tch has no getter: setting the
 /// mode returns the previous one, which is restored at once).
 fn grad_enabled() -> bool {
@@ -489,7 +545,7 @@ impl RmsNorm {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "cpu-decode-kernel"))]
 mod linear_tests {
     use super::*;
 

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use align_core::manifest::InputPath;
-use align_core::registry::{build_from_config, Built, ConfigDeserializer, Constructor};
+use align_core::registry::{build_resolving, Built, ConfigDeserializer, Constructor};
 use align_core::{ModelContext, ModelSpec, Plugin, PluginError, Policy};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -372,12 +372,12 @@ pub struct HfSpec(HfModelConfig);
 
 impl ModelSpec for HfSpec {
     fn build(&self, ctx: &ModelContext) -> anyhow::Result<Box<dyn Policy>> {
-        let lm = load(&self.0.path.0, self.0.dtype, ctx.device)?;
+        let lm = load(self.0.path.path(), self.0.dtype, ctx.device)?;
         if let Some(task_vocab) = ctx.vocab_size {
             anyhow::ensure!(
                 task_vocab <= lm.policy.vocab_size(),
                 "{}: the task's vocabulary ({task_vocab}) is larger than the model's ({})",
-                self.0.path.0.display(),
+                self.0.path.path().display(),
                 lm.policy.vocab_size()
             );
         }
@@ -385,7 +385,7 @@ impl ModelSpec for HfSpec {
     }
 
     fn codec(&self) -> anyhow::Result<Option<std::sync::Arc<dyn align_core::TextCodec>>> {
-        let tok = load_tokenizer(&self.0.path.0)?;
+        let tok = load_tokenizer(self.0.path.path())?;
         Ok(tok.map(|t| std::sync::Arc::new(t) as std::sync::Arc<dyn align_core::TextCodec>))
     }
 }
@@ -407,8 +407,9 @@ pub fn load_tokenizer(path: &Path) -> Result<Option<TextTokenizer>> {
 }
 
 fn construct(de: ConfigDeserializer) -> std::result::Result<Built<dyn ModelSpec>, PluginError> {
-    build_from_config(de, |c: &HfModelConfig| {
-        let p = &c.path.0;
+    build_resolving(de, |c: &mut HfModelConfig, base| {
+        base.resolve("path", &mut c.path)?;
+        let p = c.path.path();
         if p.is_file() && p.extension().is_none_or(|e| e != "gguf") {
             return Err(PluginError::invalid(
                 "path",

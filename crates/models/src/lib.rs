@@ -13,6 +13,7 @@ pub mod gpt2;
 pub mod gpt_neox;
 pub mod hf;
 pub mod llama;
+#[cfg(feature = "cpu-decode-kernel")]
 mod openmp;
 pub mod tabular;
 pub mod tokenizer;
@@ -22,6 +23,3 @@ pub use error::ModelError;
 pub use hf::{load, Architecture, LanguageModel};
 pub use tokenizer::{ChatMessage, TextTokenizer};
 pub use weights::DType;
-
-/// Referenced by the runner so the linker keeps this crate's registrations.
-pub fn link() {}

@@ -3,7 +3,7 @@
 //! The exact-posterior experiment uses it as prior, proposal and policy.
 
 use align_core::manifest::InputPath;
-use align_core::registry::{build_from_config, Built, ConfigDeserializer, Constructor};
+use align_core::registry::{build_resolving, Built, ConfigDeserializer, Constructor};
 use align_core::{ModelContext, ModelSpec, Plugin, PluginError, Policy};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -132,7 +132,10 @@ impl Policy for Tabular {
 }
 
 fn construct(de: ConfigDeserializer) -> Result<Built<dyn ModelSpec>, PluginError> {
-    build_from_config(de, |c: &TabularConfig| {
+    build_resolving(de, |c: &mut TabularConfig, base| {
+        if let Some(init) = &mut c.init {
+            base.resolve("init", init)?;
+        }
         if c.init_std.is_nan() || c.init_std < 0.0 {
             return Err(PluginError::invalid("init_std", "must be ≥ 0"));
         }

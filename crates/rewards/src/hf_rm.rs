@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 
 use align_core::manifest::InputPath;
-use align_core::registry::{build_from_config, Built, ConfigDeserializer, Constructor};
+use align_core::registry::{build_resolving, Built, ConfigDeserializer, Constructor};
 use align_core::{Plugin, PluginError, RewardModel, RewardSpec, SampleBatch};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
@@ -23,7 +23,27 @@ pub enum ScoredText {
     Completion,
 }
 
+impl std::str::FromStr for ScoredText {
+    type Err = String;
+    /// `full` or `completion`, as in a manifest.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "full" => Ok(ScoredText::Full),
+            "completion" => Ok(ScoredText::Completion),
+            other => Err(format!("`{other}`: use full or completion")),
+        }
+    }
+}
+
 impl ScoredText {
+    /// The name a manifest and the command line use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScoredText::Full => "full",
+            ScoredText::Completion => "completion",
+        }
+    }
+
     /// The text to score of a prompt and its completion.
     pub fn of(self, prompt: &str, completion: &str) -> String {
         match self {
@@ -71,7 +91,7 @@ impl HfRmConfig {
             num_labels: self.num_labels,
             label: self.label.clone(),
         };
-        let mut rm = ScalarRm::from_checkpoint(&self.path.0, &expect, device)?;
+        let mut rm = ScalarRm::from_checkpoint(self.path.path(), &expect, device)?;
         rm.max_len = self.max_len;
         Ok(rm)
     }
@@ -116,7 +136,8 @@ impl RewardModel for HfRm {
 }
 
 fn construct(de: ConfigDeserializer) -> Result<Built<dyn RewardSpec>, PluginError> {
-    build_from_config(de, |c: &HfRmConfig| {
+    build_resolving(de, |c: &mut HfRmConfig, base| {
+        base.resolve("path", &mut c.path)?;
         if c.num_labels < 1 {
             return Err(PluginError::invalid("num_labels", "must be ≥ 1"));
         }
@@ -126,12 +147,12 @@ fn construct(de: ConfigDeserializer) -> Result<Built<dyn RewardSpec>, PluginErro
         if c.max_len < 2 {
             return Err(PluginError::invalid("max_len", "must be ≥ 2"));
         }
-        if !c.path.0.is_dir() {
+        if !c.path.path().is_dir() {
             return Err(PluginError::invalid(
                 "path",
                 format!(
                     "{} is not a directory; give an HF reward-model directory (e.g. one `runner train-rm` wrote)",
-                    c.path.0.display()
+                    c.path.path().display()
                 ),
             ));
         }
@@ -144,5 +165,22 @@ align_core::inventory::submit! {
         name: "hf-rm",
         description: "scalar-head reward model from an HF directory (BERT mean-pool/pooler or decoder last-token; BT or classifier)",
         constructor: Constructor::Reward(construct),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scored_text_names_match_the_manifest_spelling() {
+        for t in [ScoredText::Full, ScoredText::Completion] {
+            assert_eq!(t.as_str().parse::<ScoredText>(), Ok(t));
+            assert_eq!(serde_json::to_value(t).unwrap(), t.as_str());
+        }
+        assert_eq!(
+            "prompt".parse::<ScoredText>(),
+            Err("`prompt`: use full or completion".to_string())
+        );
     }
 }

@@ -3,9 +3,10 @@
 //! `scale`. No training and no model: an independent third judge for the
 //! movie-review sentiment task.
 //!
-//! It scores text. A [`SampleBatch`] carries token ids only, so
-//! [`RewardModel::score`] fails with an explanation until the pipeline hands
-//! rewards the decoded completions; [`score_texts`] is the scoring itself.
+//! It scores text: [`RewardModel::score`] reads a batch's decoded texts (the
+//! completion, or with `text = "full"` the prompt followed by it) and fails
+//! with an explanation on a batch without them; [`score_texts`] is the
+//! scoring itself.
 
 use align_core::registry::{build_from_config, Built, ConfigDeserializer, Constructor};
 use align_core::{Plugin, PluginError, RewardModel, RewardSpec, SampleBatch};
@@ -14,16 +15,26 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 use vader_sentiment::SentimentIntensityAnalyzer;
 
+use crate::hf_rm::ScoredText;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LexiconConfig {
     /// Multiplies the compound score.
     #[serde(default = "one")]
     pub scale: f64,
+    /// Which text is judged: the completion (default) or `full`, the prompt
+    /// followed by the completion.
+    #[serde(default = "completion")]
+    pub text: ScoredText,
 }
 
 fn one() -> f64 {
     1.0
+}
+
+fn completion() -> ScoredText {
+    ScoredText::Completion
 }
 
 /// VADER compound scores of `texts` (in [−1, 1]; 0 for text without
@@ -70,8 +81,12 @@ impl RewardModel for Lexicon {
                 batch.len()
             )
         })?;
-        let completions: Vec<&str> = texts.iter().map(|t| t.completion.as_str()).collect();
-        Ok(Tensor::from_slice(&self.score_texts(&completions)).to_device(batch.input_ids.device()))
+        let texts: Vec<String> = texts
+            .iter()
+            .map(|t| self.0.text.of(&t.prompt, &t.completion))
+            .collect();
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+        Ok(Tensor::from_slice(&self.score_texts(&texts)).to_device(batch.input_ids.device()))
     }
 }
 
@@ -131,7 +146,10 @@ mod tests {
 
     #[test]
     fn scale_multiplies_and_order_is_kept() {
-        let l = Lexicon(LexiconConfig { scale: 2.0 });
+        let l = Lexicon(LexiconConfig {
+            scale: 2.0,
+            text: ScoredText::Completion,
+        });
         let s = l.score_texts(&["The movie is dull and far too long.", "The book was good."]);
         assert!(
             (s[0] + 0.8038).abs() < 2e-4 && (s[1] - 0.8808).abs() < 2e-4,
@@ -150,10 +168,13 @@ mod tests {
             &Tensor::from_slice(&[2i64, 3]).view([1, 2]),
             Device::Cpu,
         );
-        let e = Lexicon(LexiconConfig { scale: 1.0 })
-            .score(&batch)
-            .unwrap_err()
-            .to_string();
+        let e = Lexicon(LexiconConfig {
+            scale: 1.0,
+            text: ScoredText::Completion,
+        })
+        .score(&batch)
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("carries only token ids"), "{e}");
     }
 
@@ -178,10 +199,45 @@ mod tests {
                 completion: " was a dull, awful mess.".into(),
             },
         ]);
-        let r = Vec::<f32>::try_from(Lexicon(LexiconConfig { scale: 2.0 }).score(&batch).unwrap())
-            .unwrap();
+        let r = Vec::<f32>::try_from(
+            Lexicon(LexiconConfig {
+                scale: 2.0,
+                text: ScoredText::Completion,
+            })
+            .score(&batch)
+            .unwrap(),
+        )
+        .unwrap();
         let want = score_texts(&[" was wonderful and moving.", " was a dull, awful mess."]);
         assert_eq!(r, vec![2.0 * want[0], 2.0 * want[1]]);
         assert!(r[0] > 0.5 && r[1] < -0.5, "{r:?}");
+    }
+
+    #[test]
+    fn full_text_judges_the_prompt_too() {
+        let mut batch = SampleBatch::from_texts(
+            vec![align_core::SampleText {
+                prompt: "A wonderful film".into(),
+                completion: " opens on a Tuesday.".into(),
+            }],
+            Device::Cpu,
+        );
+        let score = |text| {
+            Lexicon(LexiconConfig { scale: 1.0, text })
+                .score(&batch)
+                .unwrap()
+                .double_value(&[0]) as f32
+        };
+        assert_eq!(score(ScoredText::Completion), 0.0);
+        let full = score_texts(&["A wonderful film opens on a Tuesday."])[0];
+        assert!(full > 0.3);
+        assert_eq!(score(ScoredText::Full), full);
+        batch.texts = None;
+        assert!(Lexicon(LexiconConfig {
+            scale: 1.0,
+            text: ScoredText::Full
+        })
+        .score(&batch)
+        .is_err());
     }
 }

@@ -466,20 +466,7 @@ impl ScalarRm {
             config[k] = v.clone();
         }
 
-        let parent = out
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
-        let name = out
-            .file_name()
-            .with_context(|| format!("{}: not a directory name", out.display()))?
-            .to_string_lossy();
-        let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp)?;
-        let write = || -> anyhow::Result<()> {
+        align_core::io::write_dir_atomic(out, |tmp| {
             std::fs::write(
                 tmp.join("config.json"),
                 serde_json::to_string_pretty(&config)? + "\n",
@@ -504,23 +491,7 @@ impl ScalarRm {
                 }
             }
             Ok(())
-        };
-        if let Err(e) = write() {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e.context(format!("writing {}", out.display())));
-        }
-        // Swap in the new directory; the old one (if any) goes only after.
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        let had_old = out.exists();
-        if had_old {
-            std::fs::rename(out, &old)
-                .with_context(|| format!("moving {} aside", out.display()))?;
-        }
-        std::fs::rename(&tmp, out).with_context(|| format!("renaming into {}", out.display()))?;
-        if had_old {
-            std::fs::remove_dir_all(&old)?;
-        }
-        Ok(())
+        })
     }
 }
 

@@ -34,45 +34,8 @@ pub fn classifier_loss(logits: &Tensor, labels: &Tensor) -> Tensor {
     }
 }
 
-/// What an RM learns from.
-pub enum Examples {
-    /// Texts with a class id (for one label: 1 = positive, 0 = negative).
-    Labelled(Vec<(String, i64)>),
-    /// `(chosen, rejected)` texts.
-    Pairs(Vec<(String, String)>),
-}
-
-impl Examples {
-    pub fn len(&self) -> usize {
-        match self {
-            Examples::Labelled(x) => x.len(),
-            Examples::Pairs(x) => x.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// What [`accuracy`] measures on these examples.
-    pub fn metric(&self) -> &'static str {
-        match self {
-            Examples::Labelled(_) => "classification accuracy",
-            Examples::Pairs(_) => "pairwise accuracy",
-        }
-    }
-
-    /// Every text, in order (pairs as chosen, rejected, chosen, …).
-    fn texts(&self) -> Vec<&str> {
-        match self {
-            Examples::Labelled(x) => x.iter().map(|(t, _)| t.as_str()).collect(),
-            Examples::Pairs(x) => x
-                .iter()
-                .flat_map(|(c, r)| [c.as_str(), r.as_str()])
-                .collect(),
-        }
-    }
-}
+/// What an RM learns from (defined with the data it is loaded from).
+pub use align_data::rm_examples::Examples;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

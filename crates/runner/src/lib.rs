@@ -12,19 +12,11 @@ use align_core::policy::frozen_copy;
 use align_core::{EvalContext, Metrics, ModelContext, Policy, TaskContext};
 use anyhow::Context;
 
-/// Keeps every plugin crate linked so its `inventory` registrations survive.
-/// Adding a plugin crate = one line here (and one in Cargo.toml).
-pub fn link_plugins() {
-    align_data::link();
-    align_models::link();
-    align_rewards::link();
-    align_goodness::link();
-    align_evaluators::link();
-    brain::link();
-    dpo::link();
-    rso::link();
-    slic::link();
-}
+// Links every plugin crate so its `inventory` registrations survive: build.rs
+// writes one `use <crate> as _;` per dependency whose Cargo.toml declares
+// `[package.metadata.brain-rs] plugin = true`. Adding a plugin crate = one
+// dependency line in crates/runner/Cargo.toml.
+include!(concat!(env!("OUT_DIR"), "/plugins.rs"));
 
 /// One row of the summary table.
 #[derive(Debug, Clone)]
@@ -43,7 +35,6 @@ pub struct Outcome {
 
 /// Runs every run of `manifest`, writing results into `out_dir`.
 pub fn run(manifest: &Manifest, out_dir: &Path, progress: bool) -> anyhow::Result<Outcome> {
-    link_plugins();
     if let Some(t) = manifest.threads {
         tch::set_num_threads(t);
     }

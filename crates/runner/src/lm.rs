@@ -1,20 +1,21 @@
 //! `runner logprobs`, `runner sample` and `runner bench`: score and sample
 //! pretrained language models (an HF directory or a Llama `.gguf` file).
 
-use std::io::{BufRead, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::PathBuf;
 use std::time::Instant;
 
-use align_core::logprob::sequence_logprobs;
+use align_core::io::{read_jsonl, AtomicFile};
+use align_core::logprob::policy_logprobs;
 use align_core::sampling::{sample, SampleBatch};
 use align_core::task::Prompt;
-use align_core::SamplingConfig;
+use align_core::{DeviceChoice, SamplingConfig};
 use align_models::tokenizer::{ChatMessage, TextTokenizer};
 use align_models::{DType, LanguageModel};
 use anyhow::{bail, Context};
 use clap::Args;
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind};
 
 /// Where the model runs and in what precision.
 #[derive(Args, Debug, Clone)]
@@ -27,7 +28,7 @@ pub struct ModelArgs {
     pub dtype: DType,
     /// auto (CUDA when present), cpu or cuda.
     #[arg(long, default_value = "auto")]
-    pub device: String,
+    pub device: DeviceChoice,
     /// LibTorch intra-op threads (default: LibTorch's choice).
     #[arg(long)]
     pub threads: Option<i32>,
@@ -38,13 +39,7 @@ impl ModelArgs {
         if let Some(t) = self.threads {
             tch::set_num_threads(t);
         }
-        let device = match self.device.as_str() {
-            "auto" => Device::cuda_if_available(),
-            "cpu" => Device::Cpu,
-            "cuda" if tch::Cuda::is_available() => Device::Cuda(0),
-            "cuda" => bail!("--device cuda: LibTorch sees no CUDA device"),
-            other => bail!("--device `{other}`: use auto, cpu or cuda"),
-        };
+        let device = self.device.resolve()?;
         let lm = align_models::load(&self.model, self.dtype, device)?;
         Ok((lm, device))
     }
@@ -57,24 +52,6 @@ fn tokenizer(lm: &LanguageModel) -> anyhow::Result<&TextTokenizer> {
             lm.source.display()
         )
     })
-}
-
-/// Reads a JSONL file into `T`s; errors name the file and line.
-fn read_jsonl<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<Vec<T>> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let mut out = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("{}:{}: cannot read", path.display(), i + 1))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        out.push(
-            serde_json::from_str(&line)
-                .with_context(|| format!("{}:{}: bad JSON line", path.display(), i + 1))?,
-        );
-    }
-    Ok(out)
 }
 
 #[derive(Args, Debug)]
@@ -121,63 +98,33 @@ pub fn logprobs(args: &LogprobsArgs, out: &mut dyn Write) -> anyhow::Result<()> 
                 i + 1
             );
         }
-        rows.push((p, c));
+        rows.push((Prompt { ids: p, text: None }, c));
     }
     for chunk in rows.chunks(args.batch_size.max(1)) {
-        let t = chunk
+        let longest = chunk
             .iter()
-            .map(|(p, c)| p.len() + c.len())
+            .map(|(p, c)| p.ids.len() + c.len())
             .max()
             .unwrap_or(0);
-        if t < 2 {
-            for (_, c) in chunk {
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string(&LogprobLine {
-                        logprob: 0.0,
-                        tokens: c.len()
-                    })?
-                )?;
-            }
-            continue;
-        }
-        let (mut ids, mut mask, mut cmask) = (Vec::new(), Vec::new(), Vec::new());
-        for (p, c) in chunk {
-            let pad = t - p.len() - c.len();
-            ids.extend(
-                p.iter()
-                    .chain(c)
-                    .copied()
-                    .chain(std::iter::repeat_n(0, pad)),
-            );
-            mask.extend(
-                std::iter::repeat_n(1i64, p.len() + c.len()).chain(std::iter::repeat_n(0, pad)),
-            );
-            cmask.extend(
-                std::iter::repeat_n(0i64, p.len())
-                    .chain(std::iter::repeat_n(1, c.len()))
-                    .chain(std::iter::repeat_n(0, pad)),
-            );
-        }
-        let shape = [chunk.len() as i64, t as i64];
-        let to = |v: &[i64]| Tensor::from_slice(v).view(shape).to_device(device);
-        let (ids, mask, cmask) = (to(&ids), to(&mask), to(&cmask));
-        let logits = lm.policy.forward(&ids, &mask);
-        let lp = Vec::<f64>::try_from(
-            sequence_logprobs(&logits, &ids, &cmask)
-                .to_kind(Kind::Double)
-                .to_device(Device::Cpu),
-        )?;
-        for ((_, c), lp) in chunk.iter().zip(lp) {
-            writeln!(
-                out,
-                "{}",
-                serde_json::to_string(&LogprobLine {
-                    logprob: lp,
-                    tokens: c.len()
-                })?
-            )?;
+        let lps = if longest < 2 {
+            // Nothing is scored: no completion token has a context.
+            vec![0.0; chunk.len()]
+        } else {
+            let (prompts, completions): (Vec<Prompt>, Vec<Vec<i64>>) =
+                chunk.iter().cloned().unzip();
+            let batch = SampleBatch::from_pairs(&prompts, &completions, device);
+            Vec::<f64>::try_from(
+                policy_logprobs(lm.policy.as_ref(), &batch)
+                    .to_kind(Kind::Double)
+                    .to_device(Device::Cpu),
+            )?
+        };
+        for ((_, c), logprob) in chunk.iter().zip(lps) {
+            let line = LogprobLine {
+                logprob,
+                tokens: c.len(),
+            };
+            writeln!(out, "{}", serde_json::to_string(&line)?)?;
         }
     }
     Ok(())
@@ -253,23 +200,6 @@ fn prompt_ids(tok: &TextTokenizer, text: &str, chat: bool) -> anyhow::Result<Vec
     })
 }
 
-/// Per-row completion ids (EOS included) of a sampled batch.
-fn completions(batch: &SampleBatch) -> anyhow::Result<Vec<Vec<i64>>> {
-    let ids = Vec::<Vec<i64>>::try_from(batch.input_ids.to_device(Device::Cpu))?;
-    let cm = Vec::<Vec<i64>>::try_from(batch.completion_mask.to_device(Device::Cpu))?;
-    Ok(ids
-        .into_iter()
-        .zip(cm)
-        .map(|(row, m)| {
-            row.into_iter()
-                .zip(m)
-                .filter(|(_, m)| *m == 1)
-                .map(|(t, _)| t)
-                .collect()
-        })
-        .collect())
-}
-
 pub fn sample_cmd(args: &SampleArgs) -> anyhow::Result<()> {
     let config = SamplingConfig {
         temperature: args.temperature,
@@ -306,20 +236,12 @@ pub fn sample_cmd(args: &SampleArgs) -> anyhow::Result<()> {
             i + 1
         );
     }
-    let tmp = args.out.with_extension("jsonl.partial");
-    let mut out = std::io::BufWriter::new(
-        std::fs::File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?,
-    );
-    let bar = if args.quiet {
-        indicatif::ProgressBar::hidden()
-    } else {
-        indicatif::ProgressBar::new((prompts.len() as u64) * args.n as u64)
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} samples  {elapsed_precise}  {msg}",
-        )
-        .expect("valid template"),
+    let mut out = AtomicFile::create(&args.out)?;
+    let bar = align_core::progress::bar(
+        !args.quiet,
+        (prompts.len() as u64) * args.n as u64,
+        "sample",
+        "samples",
     );
     let start = Instant::now();
     let mut new_tokens = 0usize;
@@ -347,7 +269,7 @@ pub fn sample_cmd(args: &SampleArgs) -> anyhow::Result<()> {
                 .to_kind(Kind::Double)
                 .to_device(Device::Cpu),
         )?;
-        for (row, ids) in completions(&batch)?.into_iter().enumerate() {
+        for (row, ids) in batch.completions().into_iter().enumerate() {
             let p = batch.prompt_index[row];
             let finished = eos.is_some() && ids.last().copied() == eos;
             let text_ids = if finished {
@@ -376,10 +298,7 @@ pub fn sample_cmd(args: &SampleArgs) -> anyhow::Result<()> {
         ));
     }
     bar.finish_and_clear();
-    out.flush()?;
-    drop(out);
-    std::fs::rename(&tmp, &args.out)
-        .with_context(|| format!("{}: cannot write", args.out.display()))?;
+    out.commit()?;
     let secs = start.elapsed().as_secs_f64();
     eprintln!(
         "sampled {} completions, {new_tokens} new tokens in {secs:.2} s: {:.1} tokens/s → {}",
@@ -479,14 +398,15 @@ mod tests {
         ModelArgs {
             model: fixture(name),
             dtype: DType::F32,
-            device: "cpu".into(),
+            device: DeviceChoice::Cpu,
             threads: None,
         }
     }
 
     /// `runner logprobs` reproduces transformers 5.24.0's sequence log-probs of
     /// the pairs in each fixture's expected.json (prompt with special tokens,
-    /// completion without, concatenated), batched with right padding.
+    /// completion without, concatenated), batched and padded by
+    /// `SampleBatch::from_pairs`.
     #[test]
     fn logprobs_match_transformers() {
         for name in [

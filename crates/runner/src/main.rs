@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use align_core::manifest::Manifest;
 use align_core::registry::Registry;
+use align_rewards::pipeline::{self, RmManifest};
 use clap::{Parser, Subcommand};
 
 mod lm;
@@ -66,13 +67,13 @@ struct TrainRmArgs {
 }
 
 fn train_rm(a: &TrainRmArgs) -> anyhow::Result<()> {
-    let m = rm::RmManifest::load(&a.manifest, &a.overrides)?;
+    let m = RmManifest::load(&a.manifest, &a.overrides)?;
     let results = a
         .results
         .clone()
         .unwrap_or_else(|| PathBuf::from("results").join(&m.name));
-    let outcome = rm::train_rm(&m, &results, !a.quiet)?;
-    print!("{}", rm::markdown(&m, &outcome));
+    let outcome = pipeline::train_rm(&m, &results, !a.quiet)?;
+    print!("{}", pipeline::markdown(&m, &outcome));
     eprintln!(
         "wrote {} and {}",
         outcome.model_dir.display(),
@@ -82,7 +83,6 @@ fn train_rm(a: &TrainRmArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    runner::link_plugins();
     let cli = Cli::parse();
     let lm_result = match &cli.command {
         Some(Command::List) => {

@@ -4,12 +4,9 @@
 //! See ALGORITHMS.md for the formulas implemented here.
 
 use align_core::registry::{build_from_config, Built, ConfigDeserializer, Constructor};
-use align_core::{Estimator, GroupInputs, Metrics, Plugin, PluginError};
+use align_core::{DataPlan, Distribution, Estimator, GroupInputs, Metrics, Plugin, PluginError};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
-
-/// Referenced by the runner so the linker keeps this crate's registration.
-pub fn link() {}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -132,16 +129,15 @@ pub fn brain_loss(inputs: &GroupInputs, baseline: Baseline, target: Target) -> (
 }
 
 impl Estimator for Brain {
-    fn samples_per_prompt(&self) -> i64 {
-        self.0.n
-    }
-
-    fn proposal_refresh_every(&self) -> Option<usize> {
-        (self.0.refresh_every > 0).then_some(self.0.refresh_every)
-    }
-
-    fn prior_fraction(&self) -> f64 {
-        self.0.prior_fraction
+    fn plan(&self) -> DataPlan {
+        let from = if self.0.prior_fraction > 0.0 {
+            Distribution::Mixture {
+                prior_fraction: self.0.prior_fraction,
+            }
+        } else {
+            Distribution::Proposal
+        };
+        DataPlan::sample(from, self.0.n).refresh_every(self.0.refresh_every)
     }
 
     fn loss(&self, inputs: &GroupInputs) -> (Tensor, Metrics) {

@@ -4,12 +4,12 @@
 
 use align_core::registry::{build_from_config, Built, ConfigDeserializer, Constructor};
 pub use align_core::Pairs;
-use align_core::{pair_mask, pair_mean, Estimator, GroupInputs, Metrics, Plugin, PluginError};
+use align_core::{
+    pair_mask, pair_mean, DataPlan, Distribution, Estimator, GroupInputs, Metrics, Plugin,
+    PluginError,
+};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
-
-/// Referenced by the runner so the linker keeps this crate's registration.
-pub fn link() {}
 
 /// Where DPO's pairs come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -86,15 +86,11 @@ pub fn dpo_group_loss(inputs: &GroupInputs, config: &DpoConfig) -> (Tensor, Metr
 }
 
 impl Estimator for Dpo {
-    fn samples_per_prompt(&self) -> i64 {
+    fn plan(&self) -> DataPlan {
         match self.0.source {
-            PairSource::SftSampleRank => self.0.n,
-            PairSource::Direct => 2,
+            PairSource::SftSampleRank => DataPlan::sample(Distribution::Prior, self.0.n),
+            PairSource::Direct => DataPlan::dataset_pairs(),
         }
-    }
-
-    fn uses_dataset_pairs(&self) -> bool {
-        self.0.source == PairSource::Direct
     }
 
     fn loss(&self, inputs: &GroupInputs) -> (Tensor, Metrics) {

@@ -4,14 +4,13 @@
 //! pair by reward, and train with `sigmoid-norm` or `hinge-norm`.
 
 use align_core::registry::{build_from_config, Built, ConfigDeserializer, Constructor};
-use align_core::{pair_mean, Estimator, GroupInputs, Metrics, Plugin, PluginError};
+use align_core::{
+    pair_mean, DataPlan, Distribution, Estimator, GroupInputs, Metrics, Plugin, PluginError,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
-
-/// Referenced by the runner so the linker keeps this crate's registration.
-pub fn link() {}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -101,6 +100,29 @@ pub fn rejection_sample(rewards: &[f64], k: usize, beta: f64, rng: &mut impl Rng
     accepted
 }
 
+/// RSO's statistical rejection sampling over each prompt's candidates:
+/// indices `[P, accepted]` of the samples the loss reads, from rewards `[P, N]`.
+pub fn accept(reward: &Tensor, seed: u64, config: &RsoConfig) -> Tensor {
+    let (p, n) = reward.size2().expect("rewards are [P, N]");
+    let rewards = Vec::<f64>::try_from(
+        reward
+            .to_kind(Kind::Double)
+            .to_device(Device::Cpu)
+            .view([-1]),
+    )
+    .expect("f64 rewards");
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5250_534f); // "RSO"
+    let k = config.accepted as usize;
+    let index: Vec<i64> = rewards
+        .chunks(n as usize)
+        .flat_map(|r| rejection_sample(r, k, config.beta, &mut rng))
+        .map(|i| i as i64)
+        .collect();
+    Tensor::from_slice(&index)
+        .view([p, k as i64])
+        .to_device(reward.device())
+}
+
 pub struct Rso(pub RsoConfig);
 
 /// Pairs among `k` accepted samples: `valid` `[P, k, k]`, 1 where i is the
@@ -152,31 +174,10 @@ pub fn rso_loss(inputs: &GroupInputs, config: &RsoConfig) -> (Tensor, Metrics) {
 }
 
 impl Estimator for Rso {
-    fn samples_per_prompt(&self) -> i64 {
-        self.0.candidates
-    }
-
-    fn subsample(&self, reward: &Tensor, seed: u64) -> Option<Tensor> {
-        let (p, n) = reward.size2().expect("rewards are [P, N]");
-        let rewards = Vec::<f64>::try_from(
-            reward
-                .to_kind(Kind::Double)
-                .to_device(Device::Cpu)
-                .view([-1]),
-        )
-        .expect("f64 rewards");
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5250_534f); // "RSO"
-        let k = self.0.accepted as usize;
-        let index: Vec<i64> = rewards
-            .chunks(n as usize)
-            .flat_map(|r| rejection_sample(r, k, self.0.beta, &mut rng))
-            .map(|i| i as i64)
-            .collect();
-        Some(
-            Tensor::from_slice(&index)
-                .view([p, k as i64])
-                .to_device(reward.device()),
-        )
+    fn plan(&self) -> DataPlan {
+        let config = self.0.clone();
+        DataPlan::sample(Distribution::Prior, self.0.candidates)
+            .subset(move |reward, seed| accept(reward, seed, &config))
     }
 
     fn loss(&self, inputs: &GroupInputs) -> (Tensor, Metrics) {

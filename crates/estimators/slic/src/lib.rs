@@ -5,13 +5,11 @@
 
 use align_core::registry::{build_from_config, Built, ConfigDeserializer, Constructor};
 use align_core::{
+    DataPlan, Distribution,
     pair_mask, pair_mean, Estimator, GroupInputs, Metrics, Pairs, Plugin, PluginError,
 };
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
-
-/// Referenced by the runner so the linker keeps this crate's registration.
-pub fn link() {}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,7 +49,7 @@ pub fn slic_loss(inputs: &GroupInputs, config: &SlicConfig) -> (Tensor, Metrics)
     let reference = inputs
         .reference_policy_logp
         .as_ref()
-        .expect("the runner fills reference_policy_logp when needs_reference() is true");
+        .expect("the batcher fills reference_policy_logp: the plan asks for it");
     let regulariser = -reference.to_kind(kind).mean(kind);
     let loss = &calibration + &regulariser * config.lambda;
     let mut m = Metrics::new();
@@ -63,12 +61,8 @@ pub fn slic_loss(inputs: &GroupInputs, config: &SlicConfig) -> (Tensor, Metrics)
 }
 
 impl Estimator for Slic {
-    fn samples_per_prompt(&self) -> i64 {
-        self.0.m
-    }
-
-    fn needs_reference(&self) -> bool {
-        true
+    fn plan(&self) -> DataPlan {
+        DataPlan::sample(Distribution::Prior, self.0.m).with_reference_logp()
     }
 
     fn loss(&self, inputs: &GroupInputs) -> (Tensor, Metrics) {

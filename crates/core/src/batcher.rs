@@ -1,0 +1,360 @@
+//! Turns an estimator's [`DataPlan`] and a step into [`GroupInputs`]: picks
+//! the step's prompts (or preference pairs), draws and scores the candidates,
+//! keeps the subset the loss reads, and computes the log-probs under the
+//! prior, the proposal and the policy.
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tch::{Device, Kind, Tensor};
+
+use crate::logprob::{policy_logprobs, sampling_logprobs};
+use crate::plan::{Candidates, DataPlan, Distribution};
+use crate::sampling::sample;
+use crate::task::Prompt;
+use crate::{GoodnessModel, GroupInputs, Policy, RewardModel, SampleBatch, SamplingConfig};
+use crate::{Task, TextCodec};
+
+/// The seed of one use (`"sample"`, `"shuffle"`, …) at one step. It depends
+/// on the manifest seed, never on the run, so every run of a manifest sees the
+/// same random numbers (common random numbers: runs that share a proposal
+/// train on the same samples, and differences between rows are the methods').
+pub fn step_seed(seed: u64, purpose: &str, step: usize) -> u64 {
+    let h = purpose.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    });
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ h ^ (step as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93)
+}
+
+/// What the batcher reads, fixed for a run.
+pub struct BatchContext<'a> {
+    pub task: &'a dyn Task,
+    pub prior: &'a dyn Policy,
+    pub reward: &'a dyn RewardModel,
+    pub goodness: &'a dyn GoodnessModel,
+    /// Decodes samples for rewards that read text.
+    pub codec: Option<&'a dyn TextCodec>,
+    /// The run's sampling settings (a candidate set may bring its own).
+    pub sampling: &'a SamplingConfig,
+    /// The manifest's seed.
+    pub seed: u64,
+    /// Prompts (or pairs) per step; `None`: all of them.
+    pub prompts_per_step: Option<usize>,
+}
+
+/// One step's inputs to the loss.
+pub struct StepInputs {
+    pub groups: GroupInputs,
+    /// Mean reward over every candidate, before any subset.
+    pub reward_mean: f64,
+}
+
+pub struct Batcher<'a> {
+    ctx: BatchContext<'a>,
+    plan: DataPlan,
+    order: EpochOrder,
+    /// Reference output of every training prompt, when the plan reads them.
+    references: Option<Vec<Vec<i64>>>,
+    /// `None`: the proposal is the prior.
+    proposal: Option<Box<dyn Policy>>,
+}
+
+impl<'a> Batcher<'a> {
+    pub fn new(ctx: BatchContext<'a>, plan: DataPlan) -> anyhow::Result<Batcher<'a>> {
+        anyhow::ensure!(
+            !plan.candidates.is_empty(),
+            "the estimator's data plan has no candidates"
+        );
+        let items = if plan.uses_dataset_pairs() {
+            anyhow::ensure!(
+                !plan.uses_references(),
+                "a plan cannot read both dataset pairs and reference outputs (references follow the task's prompts)"
+            );
+            match ctx.task.train_pairs() {
+                Some(pairs) if !pairs.is_empty() => pairs.len(),
+                _ => anyhow::bail!(
+                    "this estimator trains on dataset pairs, and this task has none (use a preference dataset task)"
+                ),
+            }
+        } else {
+            ctx.task.train_prompts().len()
+        };
+        // A task without references of its own gets one prior sample per
+        // prompt, the stand-in for a draw from the SFT data distribution.
+        let references = match (plan.uses_references(), ctx.task.train_references()) {
+            (false, _) => None,
+            (true, Some(r)) => Some(r.to_vec()),
+            (true, None) => Some(
+                sample(
+                    ctx.prior,
+                    ctx.task.train_prompts(),
+                    1,
+                    ctx.task.max_new_tokens(),
+                    ctx.task.eos_token(),
+                    &SamplingConfig::default(),
+                    step_seed(ctx.seed, "references", 0),
+                )
+                .completions(),
+            ),
+        };
+        let per_step = ctx.prompts_per_step.unwrap_or(items).min(items);
+        let order = EpochOrder::new(items, per_step, step_seed(ctx.seed, "shuffle", 0));
+        Ok(Batcher {
+            ctx,
+            plan,
+            order,
+            references,
+            proposal: None,
+        })
+    }
+
+    pub fn plan(&self) -> &DataPlan {
+        &self.plan
+    }
+
+    /// Samples from `proposal` from now on (a frozen copy of the policy).
+    pub fn set_proposal(&mut self, proposal: Box<dyn Policy>) {
+        self.proposal = Some(proposal);
+    }
+
+    /// The inputs of step `step` (0-based) for `policy`, whose log-probs carry
+    /// the gradient.
+    pub fn next(&mut self, step: usize, policy: &dyn Policy) -> anyhow::Result<StepInputs> {
+        let items = self.order.next();
+        let prompts: Vec<Prompt> = match self.ctx.task.train_pairs() {
+            Some(pairs) if self.plan.uses_dataset_pairs() => {
+                items.iter().map(|&i| pairs[i].prompt.clone()).collect()
+            }
+            _ => {
+                let all = self.ctx.task.train_prompts();
+                items.iter().map(|&i| all[i].clone()).collect()
+            }
+        };
+        let p = prompts.len() as i64;
+        let seed = step_seed(self.ctx.seed, "sample", step);
+
+        // Each candidate set → rows prompt-major `[P·c]` and rewards `[P, c]`.
+        let mut sets = Vec::with_capacity(self.plan.candidates.len());
+        for (i, c) in self.plan.candidates.iter().enumerate() {
+            let set_seed = if i == 0 {
+                seed
+            } else {
+                step_seed(self.ctx.seed, &format!("sample/{i}"), step)
+            };
+            sets.push(self.candidates(c, &items, &prompts, set_seed)?);
+        }
+        let counts: Vec<i64> = self.plan.candidates.iter().map(Candidates::count).collect();
+        let (batches, rewards): (Vec<SampleBatch>, Vec<Tensor>) = sets.into_iter().unzip();
+        let batch = group_by_prompt(batches, &counts, p);
+        let reward = Tensor::cat(&rewards, 1); // [P, n]
+        let n = reward.size()[1];
+        let reward_mean = reward.mean(Kind::Double).double_value(&[]);
+
+        // The subset the loss reads; only it is scored by the prior and the policy.
+        let (batch, reward) = match &self.plan.subset {
+            Some(choose) => {
+                let index = choose(&reward, seed).to_device(reward.device()); // [P, k]
+                let k = index.size()[1];
+                let offsets = Tensor::arange(p, (Kind::Int64, index.device())).unsqueeze(1) * n;
+                let rows = (&index + offsets).view([-1]); // [P·k]
+                (
+                    batch.select_rows(&rows),
+                    reward.gather(1, &index, false).view([p, k]),
+                )
+            }
+            None => (batch, reward),
+        };
+        let k = reward.size()[1];
+        let (prior_logp, log_goodness) = {
+            let _guard = tch::no_grad_guard();
+            let log_goodness = self.ctx.goodness.log_goodness(&reward.view([-1]), None)?;
+            (policy_logprobs(self.ctx.prior, &batch), log_goodness)
+        };
+        let reference_policy_logp = if self.plan.reference_logp {
+            let refs = self.reference_batch(&items, &prompts, policy.device());
+            Some(policy_logprobs(policy, &refs)) // [P], with gradient
+        } else {
+            None
+        };
+        let policy_logp = policy_logprobs(policy, &batch); // [P·k], with gradient
+        let groups = GroupInputs {
+            policy_logp: policy_logp.view([p, k]),
+            proposal_logp: batch.proposal_logp.view([p, k]),
+            prior_logp: prior_logp.view([p, k]),
+            log_goodness: log_goodness.view([p, k]),
+            reward,
+            lengths: batch.lengths().view([p, k]),
+            reference_policy_logp,
+        };
+        Ok(StepInputs {
+            groups,
+            reward_mean,
+        })
+    }
+
+    /// One candidate set for the step's prompts: the batch `[P·c]` and its
+    /// rewards `[P, c]`.
+    fn candidates(
+        &self,
+        c: &Candidates,
+        items: &[usize],
+        prompts: &[Prompt],
+        seed: u64,
+    ) -> anyhow::Result<(SampleBatch, Tensor)> {
+        let p = prompts.len() as i64;
+        let device = self.ctx.prior.device();
+        let mut batch = match c {
+            Candidates::DatasetPair => {
+                let pairs = self.ctx.task.train_pairs().expect("checked in new");
+                let batch = dataset_pairs(pairs, items, device);
+                // Chosen (1) over rejected (0): the ranking the pair losses read.
+                let reward = Tensor::from_slice(&[1.0f32, 0.0])
+                    .to_device(device)
+                    .repeat([p, 1]);
+                return Ok((batch, reward));
+            }
+            Candidates::Reference => self.reference_batch(items, prompts, device),
+            Candidates::Sample {
+                from,
+                count,
+                sampling,
+            } => self.draw(*from, *count, sampling.as_ref(), prompts, seed),
+        };
+        if let Some(codec) = self.ctx.codec {
+            batch.decode_texts(codec)?; // for rewards that read text
+        }
+        let reward = {
+            let _guard = tch::no_grad_guard();
+            self.ctx.reward.score(&batch)?.view([p, c.count()])
+        };
+        Ok((batch, reward))
+    }
+
+    /// `count` samples per prompt from `from`.
+    fn draw(
+        &self,
+        from: Distribution,
+        count: i64,
+        sampling: Option<&SamplingConfig>,
+        prompts: &[Prompt],
+        seed: u64,
+    ) -> SampleBatch {
+        let config = sampling.unwrap_or(self.ctx.sampling);
+        let task = self.ctx.task;
+        let draw = |policy: &dyn Policy, count: i64, seed: u64| {
+            sample(
+                policy,
+                prompts,
+                count,
+                task.max_new_tokens(),
+                task.eos_token(),
+                config,
+                seed,
+            )
+        };
+        let prior = self.ctx.prior;
+        match (from, self.proposal.as_deref()) {
+            (Distribution::Prior, _) | (_, None) => draw(prior, count, seed),
+            (Distribution::Proposal, Some(q)) => draw(q, count, seed),
+            (Distribution::Mixture { prior_fraction: f }, Some(q)) => {
+                let from_prior = (f * count as f64).round() as i64;
+                if from_prior == 0 {
+                    return draw(q, count, seed);
+                }
+                let a = draw(prior, from_prior, seed);
+                let b = draw(q, count - from_prior, seed ^ 0x9E37_79B9);
+                let counts = [from_prior, count - from_prior];
+                let mut batch = group_by_prompt(vec![a, b], &counts, prompts.len() as i64);
+                let _guard = tch::no_grad_guard();
+                let log_prior = sampling_logprobs(prior, &batch, config) + f.ln();
+                let log_q = sampling_logprobs(q, &batch, config) + (1.0 - f).ln();
+                batch.proposal_logp =
+                    Tensor::stack(&[log_prior, log_q], 0).logsumexp([0].as_slice(), false);
+                batch
+            }
+        }
+    }
+
+    /// Each step prompt's reference output, as a batch `[P]` (`proposal_logp` 0).
+    fn reference_batch(&self, items: &[usize], prompts: &[Prompt], device: Device) -> SampleBatch {
+        let references = self.references.as_deref().expect("drawn in new");
+        let chosen: Vec<Vec<i64>> = items.iter().map(|&i| references[i].clone()).collect();
+        SampleBatch::from_pairs(prompts, &chosen, device)
+    }
+}
+
+/// Candidate sets, each prompt-major (`[P·c_i]` rows), regrouped prompt by
+/// prompt: `[P·n]` rows, `n = Σ c_i`.
+fn group_by_prompt(sets: Vec<SampleBatch>, counts: &[i64], p: i64) -> SampleBatch {
+    let mut sets = sets.into_iter();
+    let first = sets.next().expect("at least one set");
+    if counts.len() == 1 {
+        return first;
+    }
+    let all = sets.fold(first, |a, b| SampleBatch::cat(&a, &b));
+    // Rows are [set 0 of every prompt, set 1 of every prompt, …].
+    let starts: Vec<i64> = counts
+        .iter()
+        .scan(0, |at, &c| {
+            let start = *at;
+            *at += p * c;
+            Some(start)
+        })
+        .collect();
+    let order: Vec<i64> = (0..p)
+        .flat_map(|i| {
+            counts
+                .iter()
+                .zip(&starts)
+                .flat_map(move |(&c, &start)| (0..c).map(move |j| start + i * c + j))
+        })
+        .collect();
+    all.select_rows(&Tensor::from_slice(&order))
+}
+
+/// The pairs at `index` as a batch: rows `2i` chosen, `2i + 1` rejected.
+fn dataset_pairs(pairs: &[crate::task::TokenPair], index: &[usize], device: Device) -> SampleBatch {
+    let prompts: Vec<Prompt> = index
+        .iter()
+        .flat_map(|&i| [pairs[i].prompt.clone(), pairs[i].prompt.clone()])
+        .collect();
+    let completions: Vec<Vec<i64>> = index
+        .iter()
+        .flat_map(|&i| [pairs[i].chosen.clone(), pairs[i].rejected.clone()])
+        .collect();
+    let mut batch = SampleBatch::from_pairs(&prompts, &completions, device);
+    batch.prompt_index = (0..index.len()).flat_map(|p| [p, p]).collect();
+    batch
+}
+
+/// Items (prompts or pairs) `per_step` at a time, reshuffled each epoch.
+struct EpochOrder {
+    order: Vec<usize>,
+    cursor: usize,
+    per_step: usize,
+    rng: ChaCha8Rng,
+}
+
+impl EpochOrder {
+    fn new(items: usize, per_step: usize, seed: u64) -> EpochOrder {
+        EpochOrder {
+            order: (0..items).collect(),
+            cursor: items, // forces a shuffle on the first step
+            per_step,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+
+    fn next(&mut self) -> Vec<usize> {
+        let mut batch = Vec::with_capacity(self.per_step);
+        while batch.len() < self.per_step {
+            if self.cursor == self.order.len() {
+                self.order.shuffle(&mut self.rng);
+                self.cursor = 0;
+            }
+            batch.push(self.order[self.cursor]);
+            self.cursor += 1;
+        }
+        batch
+    }
+}
