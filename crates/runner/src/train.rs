@@ -7,7 +7,6 @@ use align_core::manifest::{Manifest, Optimizer, Run};
 use align_core::policy::frozen_copy;
 use align_core::{Metrics, ModelContext, Policy, RewardModel, Task, TextCodec};
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
 use tch::nn;
 use tch::nn::OptimizerConfig;
 
@@ -51,7 +50,7 @@ pub fn train(
     };
     let mut batcher = Batcher::new(context, estimator.plan())
         .with_context(|| format!("estimator `{}`", s.run.estimator.plugin))?;
-    let bar = progress_bar(progress, s.run.steps as u64, &s.run.name);
+    let bar = align_core::progress::bar(progress, s.run.steps as u64, &s.run.name, "steps");
     let mut log = StepLog::new();
     for step in 0..s.run.steps {
         if batcher.plan().refreshes_at(step) {
@@ -71,20 +70,4 @@ pub fn train(
     }
     bar.finish_and_clear();
     Ok(log)
-}
-
-fn progress_bar(show: bool, len: u64, name: &str) -> ProgressBar {
-    if !show {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{prefix:>20} [{bar:30}] {pos}/{len} steps {elapsed_precise} eta {eta}",
-        )
-        .expect("static template")
-        .progress_chars("=> "),
-    );
-    bar.set_prefix(name.to_string());
-    bar
 }
