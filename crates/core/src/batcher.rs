@@ -358,3 +358,50 @@ impl EpochOrder {
         batch
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prompt(id: i64) -> Prompt {
+        Prompt {
+            ids: vec![id],
+            text: None,
+        }
+    }
+
+    /// Rows `[P·c]` of each set are regrouped prompt by prompt, sets in order.
+    #[test]
+    fn candidate_sets_are_grouped_by_prompt() {
+        let (a, b) = (prompt(1), prompt(2));
+        let one =
+            SampleBatch::from_pairs(&[a.clone(), b.clone()], &[vec![10], vec![20]], Device::Cpu);
+        let two = SampleBatch::from_pairs(
+            &[a.clone(), a, b.clone(), b],
+            &[vec![11], vec![12, 12], vec![21], vec![22, 22]],
+            Device::Cpu,
+        );
+        let grouped = group_by_prompt(vec![one, two], &[1, 2], 2);
+        assert_eq!(
+            grouped.completions(),
+            [
+                vec![10],
+                vec![11],
+                vec![12, 12],
+                vec![20],
+                vec![21],
+                vec![22, 22]
+            ]
+        );
+    }
+
+    #[test]
+    fn every_item_once_per_epoch() {
+        let mut order = EpochOrder::new(5, 2, 7);
+        let mut seen: Vec<usize> = (0..5).flat_map(|_| order.next()).collect();
+        assert_eq!(seen.len(), 10);
+        seen.truncate(5);
+        seen.sort();
+        assert_eq!(seen, [0, 1, 2, 3, 4]);
+    }
+}
