@@ -48,9 +48,21 @@ ws-plugin = { path = "crates/estimators/ws-plugin" }
         "crates/plain/Cargo.toml",
         &package("plain", "\n[package.metadata.brain-rs]\nplugin = false\n"),
     );
-    write(root, "crates/estimators/ws-plugin/Cargo.toml", &package("ws-plugin", PLUGIN));
-    write(root, "crates/estimators/mine/Cargo.toml", &package("mine", PLUGIN));
-    write(root, "crates/estimators/forgotten/Cargo.toml", &package("forgotten", PLUGIN));
+    write(
+        root,
+        "crates/estimators/ws-plugin/Cargo.toml",
+        &package("ws-plugin", PLUGIN),
+    );
+    write(
+        root,
+        "crates/estimators/mine/Cargo.toml",
+        &package("mine", PLUGIN),
+    );
+    write(
+        root,
+        "crates/estimators/forgotten/Cargo.toml",
+        &package("forgotten", PLUGIN),
+    );
 }
 
 fn uses(source: &str) -> Vec<&str> {
@@ -79,9 +91,15 @@ fn one_dependency_line_links_a_plugin_crate() {
     assert_eq!(unlinked(&before), ["forgotten", "mine"]);
 
     // The one line.
-    workspace(root, &format!("{BASE_DEPS}mine = {{ path = \"../estimators/mine\" }}\n"));
+    workspace(
+        root,
+        &format!("{BASE_DEPS}mine = {{ path = \"../estimators/mine\" }}\n"),
+    );
     let after = plugins::discover(&root.join("crates/runner/Cargo.toml")).unwrap();
-    assert_eq!(uses(&after.source), ["use mine as _;", "use ws_plugin as _;"]);
+    assert_eq!(
+        uses(&after.source),
+        ["use mine as _;", "use ws_plugin as _;"]
+    );
     assert_eq!(unlinked(&after), ["forgotten"]);
 
     // Every manifest read reruns the build script, and so does a new crate in
@@ -111,16 +129,23 @@ fn plugin_must_be_a_boolean() {
     write(
         root,
         "crates/helper/Cargo.toml",
-        &package("helper", "\n[package.metadata.brain-rs]\nplugin = \"yes\"\n"),
+        &package(
+            "helper",
+            "\n[package.metadata.brain-rs]\nplugin = \"yes\"\n",
+        ),
     );
     let err = plugins::discover(&root.join("crates/runner/Cargo.toml")).unwrap_err();
-    assert!(err.contains("helper") && err.contains("must be true or false"), "{err}");
+    assert!(
+        err.contains("helper") && err.contains("must be true or false"),
+        "{err}"
+    );
 }
 
 /// The real workspace: every plugin crate is linked, none is left out.
 #[test]
 fn the_runner_links_every_plugin_crate_of_the_workspace() {
-    let found = plugins::discover(&Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).unwrap();
+    let found =
+        plugins::discover(&Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).unwrap();
     assert_eq!(
         uses(&found.source),
         [

@@ -52,7 +52,10 @@ pub fn discover(runner_manifest: &Path) -> Result<Discovery, String> {
             runner_dir.join(p)
         } else if spec.get("workspace").and_then(|w| w.as_bool()) == Some(true) {
             let (root, _) = workspace.as_ref().ok_or_else(|| {
-                format!("`{name}.workspace = true` but no workspace Cargo.toml above {}", runner_dir.display())
+                format!(
+                    "`{name}.workspace = true` but no workspace Cargo.toml above {}",
+                    runner_dir.display()
+                )
             })?;
             match workspace_deps
                 .and_then(|d| d.get(name))
@@ -77,9 +80,13 @@ pub fn discover(runner_manifest: &Path) -> Result<Discovery, String> {
     if let Some((root, ws)) = &workspace {
         for dir in members(root, ws, &mut read) {
             let manifest = dir.join("Cargo.toml");
-            let Ok(text) = fs::read_to_string(&manifest) else { continue };
+            let Ok(text) = fs::read_to_string(&manifest) else {
+                continue;
+            };
             read.push(manifest.clone());
-            let Ok(member) = text.parse::<toml::Table>() else { continue };
+            let Ok(member) = text.parse::<toml::Table>() else {
+                continue;
+            };
             if is_plugin(&member, &manifest)? && !linked_dirs.contains(&canonical(&dir)) {
                 let name = member
                     .get("package")
@@ -102,7 +109,11 @@ pub fn discover(runner_manifest: &Path) -> Result<Discovery, String> {
     source.extend(lines);
     read.sort();
     read.dedup();
-    Ok(Discovery { source, read, unlinked })
+    Ok(Discovery {
+        source,
+        read,
+        unlinked,
+    })
 }
 
 fn load(path: &Path, read: &mut Vec<PathBuf>) -> Result<toml::Table, String> {
@@ -122,7 +133,10 @@ fn is_plugin(manifest: &toml::Table, path: &Path) -> Result<bool, String> {
     match value {
         None => Ok(false),
         Some(v) => v.as_bool().ok_or_else(|| {
-            format!("{}: `package.metadata.brain-rs.plugin` must be true or false", path.display())
+            format!(
+                "{}: `package.metadata.brain-rs.plugin` must be true or false",
+                path.display()
+            )
         }),
     }
 }
@@ -156,7 +170,9 @@ fn members(root: &Path, workspace: &toml::Table, read: &mut Vec<PathBuf>) -> Vec
             let parent = root.join(parent);
             // A new crate in a globbed folder must rerun the build script.
             read.push(parent.clone());
-            let Ok(entries) = fs::read_dir(&parent) else { continue };
+            let Ok(entries) = fs::read_dir(&parent) else {
+                continue;
+            };
             let mut found: Vec<_> = entries.flatten().map(|e| e.path()).collect();
             found.sort();
             dirs.extend(found.into_iter().filter(|d| d.join("Cargo.toml").is_file()));
