@@ -210,11 +210,18 @@ mod tests {
     #[test]
     fn preference_files_give_prompt_joined_pairs_split_by_prompt() {
         let data = |extra: &str| -> RmData {
-            toml::from_str(&format!(
+            let mut data: RmData = toml::from_str(&format!(
                 "[preference-file]\nformat = \"hh-rlhf\"\npath = {:?}\nsplit = {{ validation = 0.0, test = 0.3 }}\n{extra}",
                 fixture("hh-rlhf-clean.jsonl.gz").display().to_string()
             ))
-            .unwrap()
+            .unwrap();
+            let RmData::PreferenceFile(p) = &mut data else {
+                unreachable!()
+            };
+            align_core::manifest::PathBase::default()
+                .resolve("path", &mut p.path)
+                .unwrap();
+            data
         };
         let ex = data("").examples(ExampleKind::Labelled).unwrap();
         let Examples::Pairs(train) = &ex.train else {
