@@ -123,7 +123,7 @@ fn decode_kernel_and_libtorch_sample_alike() {
             ..Default::default()
         },
     ];
-    let mut compared = 0;
+    let (mut compared, mut worst) = (0, 0f64);
     for name in [
         "tiny-llama",
         "tiny-llama-tied",
@@ -132,7 +132,7 @@ fn decode_kernel_and_libtorch_sample_alike() {
     ] {
         let lm = load(&fixture(name), DType::F32, Device::Cpu).expect("fixture loads");
         for (c, config) in configs.iter().enumerate() {
-            for seed in [0u64, 1, 2] {
+            for seed in [0u64, 1] {
                 let what = format!("{name}, config {c}, seed {seed}");
                 let [(kernel, kernel_lp), (torch, torch_lp)] =
                     both_routes(lm.policy.as_ref(), &prompts, config, seed, tp);
@@ -146,6 +146,7 @@ fn decode_kernel_and_libtorch_sample_alike() {
                     per_token <= ATOL,
                     "{what}: per-token log-probs differ by {per_token}"
                 );
+                worst = worst.max(per_token);
                 // The teacher-forced decode reproduces the sampler's own sums.
                 let sums = kernel_lp.sum_dim_intlist([1].as_slice(), false, Kind::Float);
                 let recorded = max_abs_diff(&sums, &kernel.model_logp);
@@ -166,5 +167,9 @@ fn decode_kernel_and_libtorch_sample_alike() {
         }
     }
     set_decode_kernel(true);
-    assert_eq!(compared, 4 * 3 * 3);
+    assert_eq!(compared, 4 * 3 * 2);
+    eprintln!(
+        "{compared} runs: same tokens; per-token log-probs within {worst:e}; {} kernel products",
+        decode_kernel_calls()
+    );
 }
