@@ -45,7 +45,10 @@ impl Estimator for GoldAmongPriorSamples {
             "prior_gap",
             max_abs(sampled(&g.proposal_logp) - sampled(&g.prior_logp).to_kind(Kind::Float)),
         );
-        m.set("sampled_lengths_min", sampled(&g.lengths).min().double_value(&[]));
+        m.set(
+            "sampled_lengths_min",
+            sampled(&g.lengths).min().double_value(&[]),
+        );
         (loss, m)
     }
 }

@@ -243,9 +243,51 @@ fn train_rm_manifest_errors_name_the_file_and_line() {
     .unwrap();
     let o = runner(&["train-rm", manifest.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success());
+    // The experiments' loader: file:line:column, the line, a fix, exit code 2.
+    assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(
-        err.contains("bad.toml") && err.contains("line 4") && err.contains("learning_rate"),
+        err.contains("bad.toml:4:1: unknown field `learning_rate`")
+            && err.contains("4 | learning_rate = 3")
+            && err.contains("fix: remove `learning_rate`"),
+        "{err}"
+    );
+}
+
+/// Paths in a train-rm manifest start at the manifest's directory, like an
+/// experiment's, and a bad value is reported at its line.
+#[test]
+fn train_rm_paths_are_relative_to_the_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let body = |backbone: &str, epochs: usize| {
+        format!(
+            "name = \"x\"\nobjective = \"bradley-terry\"\nout = \"rm-out\"\n\n[model]\nbackbone = \"{backbone}\"\n\n[data.preference-file]\nformat = \"hh-rlhf\"\npath = \"{}\"\n\n[train]\nepochs = {epochs}\nlr = 1e-3\n",
+            fixture("data/hh-rlhf.jsonl").display()
+        )
+    };
+    let manifest = sub.join("rm.toml");
+    std::fs::write(&manifest, body("no-such-backbone", 1)).unwrap();
+    let o = runner(&["train-rm", manifest.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    let looked = sub.join("no-such-backbone");
+    assert!(
+        err.contains(&format!(
+            "rm.toml:6:12: file not found: `no-such-backbone` (looked at {})",
+            looked.display()
+        )),
+        "{err}"
+    );
+    // A relative path that exists beside the manifest is found from any
+    // working directory; the next error is then the zero epochs, at its line.
+    std::os::unix::fs::symlink(fixture("tiny-llama"), sub.join("backbone")).unwrap();
+    std::fs::write(&manifest, body("backbone", 0)).unwrap();
+    let o = runner(&["train-rm", manifest.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("rm.toml:13:1: `train.epochs` must be ≥ 1"),
         "{err}"
     );
 }

@@ -6,7 +6,9 @@
 use std::sync::Arc;
 
 use align_core::manifest::InputPath;
-use align_core::registry::{build_from_config, build_resolving, Built, ConfigDeserializer, Constructor};
+use align_core::registry::{
+    build_from_config, build_resolving, Built, ConfigDeserializer, Constructor,
+};
 use align_core::task::{Prompt, TokenPair};
 use align_core::{Plugin, PluginError, Task, TaskContext, TaskSpec, TextCodec};
 use rayon::prelude::*;

@@ -5,10 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use align_core::io::write_atomic;
-use align_core::manifest::{apply_overrides, DeviceChoice, InputPath, OutputPath, PathBase};
+use align_core::manifest::{DeviceChoice, InputPath, ManifestError, ManifestSource, OutputPath};
 use align_data::rm_examples::ExampleKind;
 pub use align_data::rm_examples::{PairFileData, RmData, RmExamples, SentimentRmData};
-use anyhow::{bail, ensure, Context};
+use anyhow::ensure;
 use serde::{Deserialize, Serialize};
 
 use crate::scalar::{Pooling, ScalarRm};
@@ -67,37 +67,38 @@ fn default_max_len() -> usize {
 }
 
 impl RmManifest {
-    pub fn load(path: &Path, overrides: &[String]) -> anyhow::Result<RmManifest> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("{}: cannot read the manifest", path.display()))?;
-        let text = apply_overrides(&text, overrides).map_err(|e| anyhow::anyhow!(e))?;
-        let mut m: RmManifest =
-            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        // Files named in a train-rm manifest are relative to the working
-        // directory.
-        let base = PathBase::default();
-        let mut inputs = vec![("model.backbone", &mut m.model.backbone)];
+    /// Reads a `train-rm` manifest through the one manifest loader: `--set`
+    /// overrides, errors at file:line:column with a fix, and paths resolved
+    /// against the manifest's directory (`~/` is the home directory).
+    pub fn load(path: &Path, overrides: &[String]) -> Result<RmManifest, ManifestError> {
+        let src = ManifestSource::read(path, overrides)?;
+        let mut m: RmManifest = src.deserialize()?;
+        src.resolve("model.backbone", &mut m.model.backbone)?;
         if let RmData::PreferenceFile(p) = &mut m.data {
-            inputs.push(("data.preference-file.path", &mut p.path));
+            src.resolve("data.preference-file.path", &mut p.path)?;
         }
-        for (key, input) in inputs {
-            base.resolve(key, input)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        }
+        src.resolve_output(&mut m.out);
         if let Some((key, why)) = m.train.invalid() {
-            bail!("{}: train.{key} {why}", path.display());
+            return Err(src.invalid(
+                &format!("train.{key}"),
+                format!("`train.{key}` {why}"),
+                format!("change `train.{key}`"),
+            ));
         }
         if matches!(m.data, RmData::PreferenceFile(_)) && m.objective == Objective::Classifier {
-            bail!(
-                "{}: a preference file holds pairs; use objective = \"bradley-terry\"",
-                path.display()
-            );
+            return Err(src.invalid(
+                "objective",
+                "a preference file holds pairs, not labelled texts",
+                "use objective = \"bradley-terry\"",
+            ));
         }
-        ensure!(
-            m.model.max_len >= 8,
-            "{}: model.max_len must be ≥ 8",
-            path.display()
-        );
+        if m.model.max_len < 8 {
+            return Err(src.invalid(
+                "model.max_len",
+                "`model.max_len` must be ≥ 8",
+                "raise `model.max_len`",
+            ));
+        }
         Ok(m)
     }
 }

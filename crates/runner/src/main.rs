@@ -66,14 +66,13 @@ struct TrainRmArgs {
     quiet: bool,
 }
 
-fn train_rm(a: &TrainRmArgs) -> anyhow::Result<()> {
-    let m = RmManifest::load(&a.manifest, &a.overrides)?;
+fn train_rm(a: &TrainRmArgs, m: &RmManifest) -> anyhow::Result<()> {
     let results = a
         .results
         .clone()
         .unwrap_or_else(|| PathBuf::from("results").join(&m.name));
-    let outcome = pipeline::train_rm(&m, &results, !a.quiet)?;
-    print!("{}", pipeline::markdown(&m, &outcome));
+    let outcome = pipeline::train_rm(m, &results, !a.quiet)?;
+    print!("{}", pipeline::markdown(m, &outcome));
     eprintln!(
         "wrote {} and {}",
         outcome.model_dir.display(),
@@ -92,7 +91,14 @@ fn main() -> ExitCode {
         Some(Command::Logprobs(a)) => Some(lm::logprobs(a, &mut std::io::stdout().lock())),
         Some(Command::Sample(a)) => Some(lm::sample_cmd(a)),
         Some(Command::Bench(a)) => Some(lm::bench(a)),
-        Some(Command::TrainRm(a)) => Some(train_rm(a)),
+        Some(Command::TrainRm(a)) => match RmManifest::load(&a.manifest, &a.overrides) {
+            // A bad manifest stops before any work, as an experiment's does.
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+            Ok(m) => Some(train_rm(a, &m)),
+        },
         Some(Command::Score(a)) => Some(rm::score(a)),
         None => None,
     };

@@ -26,9 +26,11 @@ pub struct ScoreArgs {
     /// Which label's log-odds is the reward (several labels).
     #[arg(long)]
     pub label: Option<String>,
-    /// `full` (prompt + completion) or `completion`.
-    #[arg(long, default_value = "full")]
-    pub text: ScoredText,
+    /// Which text the reward reads: `full` (prompt + completion) or
+    /// `completion`; passed to the reward plugin only when given (default: the
+    /// plugin's own, `full` for an HF reward model, `completion` for `lexicon`).
+    #[arg(long)]
+    pub text: Option<ScoredText>,
     /// Goodness model for `log_goodness`: bt-exp, bt-vs-reference or classifier.
     #[arg(long, default_value = "bt-exp")]
     pub goodness: String,
@@ -63,13 +65,16 @@ fn goodness_model(args: &ScoreArgs) -> anyhow::Result<Box<dyn GoodnessModel>> {
     })
 }
 
-/// The reward `--reward`: a registered reward plugin by name, with
-/// `text = --text`; or a directory, read by `hf-rm` with `--num-labels`,
-/// `--label`, `--text` and `--batch-size`.
+/// The reward `--reward`: a registered reward plugin by name (with `text =
+/// --text` when given, so a plugin without that setting works untouched); or
+/// a directory, read by `hf-rm` with `--num-labels`, `--label`, `--text` and
+/// `--batch-size`.
 fn reward_spec(args: &ScoreArgs) -> anyhow::Result<Box<dyn RewardSpec>> {
     let registry = Registry::global();
     let mut settings = toml::Table::new();
-    settings.insert("text".into(), args.text.as_str().into());
+    if let Some(text) = args.text {
+        settings.insert("text".into(), text.as_str().into());
+    }
     let plugin = if registry.get(PluginKind::Reward, &args.reward).is_ok() {
         args.reward.as_str()
     } else if Path::new(&args.reward).is_dir() {

@@ -5,8 +5,8 @@
 
 use align_core::registry::{build_from_config, Built, ConfigDeserializer, Constructor};
 use align_core::{
-    DataPlan, Distribution,
-    pair_mask, pair_mean, Estimator, GroupInputs, Metrics, Pairs, Plugin, PluginError,
+    pair_mask, pair_mean, DataPlan, Distribution, Estimator, GroupInputs, Metrics, Pairs, Plugin,
+    PluginError,
 };
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
