@@ -141,24 +141,26 @@ fn plugin_must_be_a_boolean() {
     );
 }
 
-/// The real workspace: every plugin crate is linked, none is left out.
+/// The real workspace: every plugin crate is linked, none is left out. (The
+/// list is not spelled out here, so adding an estimator stays one crate and
+/// one dependency line.)
 #[test]
 fn the_runner_links_every_plugin_crate_of_the_workspace() {
     let found =
         plugins::discover(&Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).unwrap();
-    assert_eq!(
-        uses(&found.source),
-        [
-            "use align_data as _;",
-            "use align_evaluators as _;",
-            "use align_goodness as _;",
-            "use align_models as _;",
-            "use align_rewards as _;",
-            "use brain as _;",
-            "use dpo as _;",
-            "use rso as _;",
-            "use slic as _;",
-        ]
-    );
+    let uses = uses(&found.source);
+    for core in [
+        "use align_data as _;",
+        "use align_evaluators as _;",
+        "use align_goodness as _;",
+        "use align_models as _;",
+        "use align_rewards as _;",
+        "use brain as _;",
+        "use dpo as _;",
+        "use rso as _;",
+        "use slic as _;",
+    ] {
+        assert!(uses.contains(&core), "{core} missing from {uses:?}");
+    }
     assert_eq!(unlinked(&found), Vec::<&str>::new());
 }
