@@ -9,7 +9,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
-use tch::{nn, Kind, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,12 +37,11 @@ impl ModelSpec for TabularSpec {
         let max_len = ctx.max_len.ok_or_else(|| {
             anyhow::anyhow!("the `tabular` model needs a task with a maximum sequence length")
         })?;
-        Ok(Box::new(Tabular::new(
-            vocab,
-            max_len,
-            self.0.init_std,
-            ctx,
-        )?))
+        let model = Tabular::new(vocab, max_len, self.0.init_std, ctx)?;
+        if let Some(init) = &self.0.init {
+            model.load_table(init.path())?;
+        }
+        Ok(Box::new(model))
     }
 }
 
@@ -86,6 +85,36 @@ impl Tabular {
             max_len,
             offsets,
         })
+    }
+}
+
+impl Tabular {
+    /// Replaces the table by the `table` tensor of a safetensors file (as
+    /// [`Tabular::save_table`] writes it).
+    fn load_table(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        let tensors = Tensor::read_safetensors(path).map_err(|e| {
+            anyhow::anyhow!("{}: not a readable safetensors file: {e}", path.display())
+        })?;
+        let (_, saved) = tensors
+            .into_iter()
+            .find(|(name, _)| name == "table")
+            .ok_or_else(|| anyhow::anyhow!("{}: no `table` tensor", path.display()))?;
+        anyhow::ensure!(
+            saved.size() == self.table.size(),
+            "{}: `table` is {:?}, this task's tabular model needs {:?} (vocab^1 + … + vocab^length rows × vocab)",
+            path.display(),
+            saved.size(),
+            self.table.size()
+        );
+        let mut table = self.table.shallow_clone();
+        tch::no_grad(|| table.copy_(&saved.to_kind(table.kind())));
+        Ok(())
+    }
+
+    /// Writes the table as a safetensors file that `init` reads back.
+    pub fn save_table(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        Tensor::write_safetensors(&[("table", self.table.to_device(Device::Cpu))], path)?;
+        Ok(())
     }
 }
 
@@ -180,5 +209,46 @@ mod tests {
             &Tensor::from_slice(&[1i64, 1]).view([1, 2]),
         );
         assert!(!a.select(1, 1).allclose(&c.select(1, 1), 0.0, 0.0, false));
+    }
+
+    /// `init` starts the model from a saved table: another seed's random
+    /// table, saved and read back, gives that model's logits exactly.
+    #[test]
+    fn init_reads_a_saved_table() {
+        let ctx = |seed| ModelContext {
+            device: tch::Device::Cpu,
+            vocab_size: Some(3),
+            max_len: Some(2),
+            seed,
+        };
+        let saved = Tabular::new(3, 2, 1.0, &ctx(5)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("prior.safetensors");
+        saved.save_table(&path).unwrap();
+        let spec = TabularSpec(TabularConfig {
+            init_std: 1.0,
+            init: Some(InputPath::new(&path)),
+        });
+        let loaded = spec.build(&ctx(1)).unwrap();
+        let fresh = TabularSpec(TabularConfig {
+            init_std: 1.0,
+            init: None,
+        })
+        .build(&ctx(1))
+        .unwrap();
+        let ids = Tensor::from_slice(&[1i64, 2]).view([1, 2]);
+        let mask = ids.ones_like();
+        let want = saved.forward(&ids, &mask);
+        assert!(loaded.forward(&ids, &mask).allclose(&want, 0.0, 0.0, false));
+        assert!(!fresh.forward(&ids, &mask).allclose(&want, 0.0, 0.0, false));
+
+        // A table of the wrong shape is refused, naming the file.
+        let other = Tabular::new(3, 3, 1.0, &ctx(5)).unwrap();
+        other.save_table(&path).unwrap();
+        let err = spec.build(&ctx(1)).err().unwrap().to_string();
+        assert!(
+            err.contains("prior.safetensors") && err.contains("needs"),
+            "{err}"
+        );
     }
 }
