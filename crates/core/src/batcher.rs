@@ -225,7 +225,12 @@ impl<'a> Batcher<'a> {
         }
         let reward = {
             let _guard = tch::no_grad_guard();
-            self.ctx.reward.score(&batch)?.view([p, c.count()])
+            // On the policy's device, beside the fixed rewards of other sets.
+            self.ctx
+                .reward
+                .score(&batch)?
+                .view([p, c.count()])
+                .to_device(device)
         };
         Ok((batch, reward))
     }
