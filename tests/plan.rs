@@ -1,7 +1,8 @@
 //! A new estimator with an unusual data need is a plan, not a change to the
 //! training loop: a throwaway estimator, defined here, trains on three prior
 //! samples per prompt plus the prompt's gold reference as a fourth candidate,
-//! and the unchanged loop (`runner::run`) feeds it exactly that.
+//! and the unchanged loop (`runner::run`) feeds it exactly that, with each
+//! candidate's goodness against the reference (bt-vs-reference).
 
 use std::path::Path;
 
@@ -49,6 +50,10 @@ impl Estimator for GoldAmongPriorSamples {
             "sampled_lengths_min",
             sampled(&g.lengths).min().double_value(&[]),
         );
+        // The manifest's goodness is bt-vs-reference (τ = 1): every candidate
+        // is compared with the prompt's reference, here also candidate 4.
+        let vs_reference = (&g.reward - g.reward.narrow(1, 3, 1)).log_sigmoid();
+        m.set("goodness_gap", max_abs(&g.log_goodness - vs_reference));
         (loss, m)
     }
 }
@@ -72,7 +77,7 @@ path = "{}"
 
 [reward.lexicon]
 
-[goodness.bt-exp]
+[goodness.bt-vs-reference]
 
 [train]
 steps = 12
@@ -108,6 +113,7 @@ name = "gold-among-prior-samples"
         assert_eq!(value(row, "gold_proposal"), 0.0);
         assert!(value(row, "prior_gap") < 1e-4, "{row:?}");
         assert!(value(row, "sampled_lengths_min") >= 1.0);
+        assert!(value(row, "goodness_gap") < 1e-6, "{row:?}");
     }
     // And the loop trains it: the gold outputs become more likely.
     let first = value(&rows[0], "loss") + value(&rows[1], "loss");

@@ -65,10 +65,14 @@ impl<'a> Batcher<'a> {
             !plan.candidates.is_empty(),
             "the estimator's data plan has no candidates"
         );
+        // A goodness model that compares each sample with the prompt's
+        // reference output (bt-vs-reference) needs the references too.
+        let uses_references = plan.uses_references() || ctx.goodness.needs_reference();
         let items = if plan.uses_dataset_pairs() {
             anyhow::ensure!(
-                !plan.uses_references(),
-                "a plan cannot read both dataset pairs and reference outputs (references follow the task's prompts)"
+                !uses_references,
+                "a plan cannot read both dataset pairs and reference outputs (references follow the task's prompts; \
+                 a goodness model that compares with a reference, such as bt-vs-reference, needs them too)"
             );
             match ctx.task.train_pairs() {
                 Some(pairs) if !pairs.is_empty() => pairs.len(),
@@ -81,7 +85,7 @@ impl<'a> Batcher<'a> {
         };
         // A task without references of its own gets one prior sample per
         // prompt, the stand-in for a draw from the SFT data distribution.
-        let references = match (plan.uses_references(), ctx.task.train_references()) {
+        let references = match (uses_references, ctx.task.train_references()) {
             (false, _) => None,
             (true, Some(r)) => Some(r.to_vec()),
             (true, None) => Some(
@@ -167,7 +171,17 @@ impl<'a> Batcher<'a> {
         let k = reward.size()[1];
         let (prior_logp, log_goodness) = {
             let _guard = tch::no_grad_guard();
-            let log_goodness = self.ctx.goodness.log_goodness(&reward.view([-1]), None)?;
+            // The reference's reward beside each of its prompt's candidates.
+            let reference_reward = if self.ctx.goodness.needs_reference() {
+                let r = self.reference_reward(&items, &prompts)?; // [P]
+                Some(r.unsqueeze(1).expand([p, k], false).reshape([-1])) // [P·k]
+            } else {
+                None
+            };
+            let log_goodness = self
+                .ctx
+                .goodness
+                .log_goodness(&reward.view([-1]), reference_reward.as_ref())?;
             (policy_logprobs(self.ctx.prior, &batch), log_goodness)
         };
         let reference_policy_logp = if self.plan.reference_logp {
@@ -278,6 +292,16 @@ impl<'a> Batcher<'a> {
                 batch
             }
         }
+    }
+
+    /// The reward of each step prompt's reference output `[P]`.
+    fn reference_reward(&self, items: &[usize], prompts: &[Prompt]) -> anyhow::Result<Tensor> {
+        let device = self.ctx.prior.device();
+        let mut refs = self.reference_batch(items, prompts, device);
+        if let Some(codec) = self.ctx.codec {
+            refs.decode_texts(codec)?;
+        }
+        Ok(self.ctx.reward.score(&refs)?.view([-1]).to_device(device))
     }
 
     /// Each step prompt's reference output, as a batch `[P]` (`proposal_logp` 0).
