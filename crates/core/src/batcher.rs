@@ -136,6 +136,7 @@ impl<'a> Batcher<'a> {
         };
         let p = prompts.len() as i64;
         let seed = step_seed(self.ctx.seed, "sample", step);
+        let references = self.step_references(&items, &prompts)?;
 
         // Each candidate set → rows prompt-major `[P·c]` and rewards `[P, c]`.
         let mut sets = Vec::with_capacity(self.plan.candidates.len());
@@ -145,7 +146,7 @@ impl<'a> Batcher<'a> {
             } else {
                 step_seed(self.ctx.seed, &format!("sample/{i}"), step)
             };
-            sets.push(self.candidates(c, &items, &prompts, set_seed)?);
+            sets.push(self.candidates(c, &items, &prompts, references.as_ref(), set_seed)?);
         }
         let counts: Vec<i64> = self.plan.candidates.iter().map(Candidates::count).collect();
         let (batches, rewards): (Vec<SampleBatch>, Vec<Tensor>) = sets.into_iter().unzip();
@@ -172,11 +173,13 @@ impl<'a> Batcher<'a> {
         let (prior_logp, log_goodness) = {
             let _guard = tch::no_grad_guard();
             // The reference's reward beside each of its prompt's candidates.
-            let reference_reward = if self.ctx.goodness.needs_reference() {
-                let r = self.reference_reward(&items, &prompts)?; // [P]
-                Some(r.unsqueeze(1).expand([p, k], false).reshape([-1])) // [P·k]
-            } else {
-                None
+            let reference_reward = match &references {
+                Some(StepReferences {
+                    reward: Some(r), ..
+                }) if self.ctx.goodness.needs_reference() => {
+                    Some(r.unsqueeze(1).expand([p, k], false).reshape([-1])) // [P·k]
+                }
+                _ => None,
             };
             let log_goodness = self
                 .ctx
@@ -184,11 +187,11 @@ impl<'a> Batcher<'a> {
                 .log_goodness(&reward.view([-1]), reference_reward.as_ref())?;
             (policy_logprobs(self.ctx.prior, &batch), log_goodness)
         };
-        let reference_policy_logp = if self.plan.reference_logp {
-            let refs = self.reference_batch(&items, &prompts, policy.device());
-            Some(policy_logprobs(policy, &refs)) // [P], with gradient
-        } else {
-            None
+        let reference_policy_logp = match &references {
+            Some(refs) if self.plan.reference_logp => {
+                Some(policy_logprobs(policy, &refs.batch)) // [P], with gradient
+            }
+            _ => None,
         };
         let policy_logp = policy_logprobs(policy, &batch); // [P·k], with gradient
         let groups = GroupInputs {
@@ -213,11 +216,12 @@ impl<'a> Batcher<'a> {
         c: &Candidates,
         items: &[usize],
         prompts: &[Prompt],
+        references: Option<&StepReferences>,
         seed: u64,
     ) -> anyhow::Result<(SampleBatch, Tensor)> {
         let p = prompts.len() as i64;
         let device = self.ctx.prior.device();
-        let mut batch = match c {
+        match c {
             Candidates::DatasetPair => {
                 let pairs = self.ctx.task.train_pairs().expect("checked in new");
                 let batch = dataset_pairs(pairs, items, device);
@@ -225,28 +229,34 @@ impl<'a> Batcher<'a> {
                 let reward = Tensor::from_slice(&[1.0f32, 0.0])
                     .to_device(device)
                     .repeat([p, 1]);
-                return Ok((batch, reward));
+                Ok((batch, reward))
             }
-            Candidates::Reference => self.reference_batch(items, prompts, device),
+            Candidates::Reference => {
+                let refs = references.expect("built in next: the plan reads references");
+                let reward = refs.reward.as_ref().expect("scored: a candidate set");
+                Ok((refs.batch.shallow_clone(), reward.view([p, 1])))
+            }
             Candidates::Sample {
                 from,
                 count,
                 sampling,
-            } => self.draw(*from, *count, sampling.as_ref(), prompts, seed),
-        };
-        if let Some(codec) = self.ctx.codec {
-            batch.decode_texts(codec)?; // for rewards that read text
+            } => {
+                let mut batch = self.draw(*from, *count, sampling.as_ref(), prompts, seed);
+                let reward = self.score(&mut batch)?.view([p, *count]);
+                Ok((batch, reward))
+            }
         }
-        let reward = {
-            let _guard = tch::no_grad_guard();
-            // On the policy's device, beside the fixed rewards of other sets.
-            self.ctx
-                .reward
-                .score(&batch)?
-                .view([p, c.count()])
-                .to_device(device)
-        };
-        Ok((batch, reward))
+    }
+
+    /// Rewards `[B]` of a batch's rows (decoded first for rewards that read
+    /// text), on the policy's device beside the fixed rewards of other sets.
+    fn score(&self, batch: &mut SampleBatch) -> anyhow::Result<Tensor> {
+        if let Some(codec) = self.ctx.codec {
+            batch.decode_texts(codec)?;
+        }
+        let _guard = tch::no_grad_guard();
+        let reward = self.ctx.reward.score(batch)?;
+        Ok(reward.view([-1]).to_device(self.ctx.prior.device()))
     }
 
     /// `count` samples per prompt from `from`.
@@ -294,22 +304,39 @@ impl<'a> Batcher<'a> {
         }
     }
 
-    /// The reward of each step prompt's reference output `[P]`.
-    fn reference_reward(&self, items: &[usize], prompts: &[Prompt]) -> anyhow::Result<Tensor> {
-        let device = self.ctx.prior.device();
-        let mut refs = self.reference_batch(items, prompts, device);
-        if let Some(codec) = self.ctx.codec {
-            refs.decode_texts(codec)?;
-        }
-        Ok(self.ctx.reward.score(&refs)?.view([-1]).to_device(device))
-    }
-
-    /// Each step prompt's reference output, as a batch `[P]` (`proposal_logp` 0).
-    fn reference_batch(&self, items: &[usize], prompts: &[Prompt], device: Device) -> SampleBatch {
-        let references = self.references.as_deref().expect("drawn in new");
+    /// Each step prompt's reference output as a batch `[P]` (`proposal_logp`
+    /// 0), built once a step for every use, and scored when something reads
+    /// its reward (a `Reference` candidate set, or a goodness model that
+    /// compares with it). `None` when nothing reads references.
+    fn step_references(
+        &self,
+        items: &[usize],
+        prompts: &[Prompt],
+    ) -> anyhow::Result<Option<StepReferences>> {
+        let Some(references) = self.references.as_deref() else {
+            return Ok(None);
+        };
         let chosen: Vec<Vec<i64>> = items.iter().map(|&i| references[i].clone()).collect();
-        SampleBatch::from_pairs(prompts, &chosen, device)
+        let mut batch = SampleBatch::from_pairs(prompts, &chosen, self.ctx.prior.device());
+        let scored = self.ctx.goodness.needs_reference()
+            || self
+                .plan
+                .candidates
+                .iter()
+                .any(|c| matches!(c, Candidates::Reference));
+        let reward = if scored {
+            Some(self.score(&mut batch)?)
+        } else {
+            None
+        };
+        Ok(Some(StepReferences { batch, reward }))
     }
+}
+
+/// The step prompts' reference outputs and, when read, their rewards `[P]`.
+struct StepReferences {
+    batch: SampleBatch,
+    reward: Option<Tensor>,
 }
 
 /// Candidate sets, each prompt-major (`[P·c_i]` rows), regrouped prompt by

@@ -205,6 +205,19 @@ impl SampleBatch {
         }
     }
 
+    /// The same batch, sharing its tensors' storage.
+    pub fn shallow_clone(&self) -> SampleBatch {
+        SampleBatch {
+            input_ids: self.input_ids.shallow_clone(),
+            attention_mask: self.attention_mask.shallow_clone(),
+            completion_mask: self.completion_mask.shallow_clone(),
+            prompt_index: self.prompt_index.clone(),
+            proposal_logp: self.proposal_logp.shallow_clone(),
+            model_logp: self.model_logp.shallow_clone(),
+            texts: self.texts.clone(),
+        }
+    }
+
     /// The rows at `rows` `[K]` (i64), in that order.
     pub fn select_rows(&self, rows: &Tensor) -> SampleBatch {
         let rows = rows.to_device(self.input_ids.device());
