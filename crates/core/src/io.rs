@@ -58,11 +58,6 @@ impl AtomicFile {
         })
     }
 
-    /// The file this will become.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Flushes, fsyncs and moves the finished file into place.
     pub fn commit(self) -> anyhow::Result<()> {
         let AtomicFile { path, out } = self;

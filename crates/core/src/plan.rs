@@ -103,11 +103,6 @@ impl DataPlan {
         self
     }
 
-    /// Candidates per prompt before any subset.
-    pub fn group_size(&self) -> i64 {
-        self.candidates.iter().map(Candidates::count).sum()
-    }
-
     /// Whether the proposal is refreshed before `step` (0-based).
     pub fn refreshes_at(&self, step: usize) -> bool {
         self.refresh_every

@@ -25,10 +25,6 @@ impl PathBase {
         PathBase(file.parent().map(Path::to_path_buf).unwrap_or_default())
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.0
-    }
-
     fn join(&self, written: &Path) -> PathBuf {
         if written.is_relative() {
             self.0.join(written)
@@ -100,10 +96,6 @@ impl InputPath {
 pub struct OutputPath(PathBuf);
 
 impl OutputPath {
-    pub fn new(path: impl Into<PathBuf>) -> Self {
-        OutputPath(path.into())
-    }
-
     pub fn path(&self) -> &Path {
         &self.0
     }

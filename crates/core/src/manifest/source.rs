@@ -143,10 +143,10 @@ impl ManifestSource {
 
     /// Resolves the input path at `key` against the manifest's directory.
     pub fn resolve(&self, key: &str, path: &mut InputPath) -> Result<(), ManifestError> {
-        let (parent, last) = key.rsplit_once('.').unwrap_or(("", key));
+        let last = key.rsplit('.').next().unwrap_or(key);
         self.base
             .resolve(last, path)
-            .map_err(|e| self.plugin_error(e, segs(parent), "manifest", ""))
+            .map_err(|e| self.missing_file(&segs(key), e.to_string()))
     }
 
     /// Resolves an output path against the manifest's directory.
@@ -220,6 +220,15 @@ impl ManifestSource {
         self.error(span, message, fix)
     }
 
+    /// A file named at `path` that does not exist, located at its value.
+    fn missing_file(&self, path: &[Seg], message: String) -> ManifestError {
+        self.error(
+            self.value_span_of(path),
+            message,
+            "check the path; relative paths are resolved against the manifest's directory",
+        )
+    }
+
     /// A plugin's error, located in the table at `body_path`.
     fn plugin_error(
         &self,
@@ -243,11 +252,7 @@ impl ManifestSource {
                     format!("change `{}` to a valid value", dotted(&p)),
                 )
             }
-            PluginError::Path { key: k, message } => self.error(
-                self.value_span_of(&at(&k)),
-                message,
-                "check the path; relative paths are resolved against the manifest's directory",
-            ),
+            PluginError::Path { key: k, message } => self.missing_file(&at(&k), message),
         }
     }
 

@@ -7,9 +7,8 @@
 //!
 //! Loss: `−mean_i min(ρ_i A_i, clip(ρ_i, 1 ± ε) A_i)` with `A = R − b`
 //! (detached) and `ρ_i = q_θ(y_i)/Q(y_i)`. On-policy (`refresh_every = 1`)
-//! `ρ = 1` and this is exactly `−mean_i A_i log q_θ(y_i)` in value of
-//! gradient; with older samples the clipped ratio is the PPO-style
-//! correction.
+//! `ρ = 1`, and the gradient is exactly that of `−mean_i A_i log q_θ(y_i)`;
+//! with older samples the clipped ratio is the PPO-style correction.
 
 use align_core::registry::{build_from_config, Built, ConfigDeserializer, Constructor};
 use align_core::{DataPlan, Distribution, Estimator, GroupInputs, Metrics, Plugin, PluginError};
@@ -55,12 +54,12 @@ pub struct Rloo(pub RlooConfig);
 pub fn rloo_loss(inputs: &GroupInputs, config: &RlooConfig) -> (Tensor, Metrics) {
     let kind = inputs.policy_logp.kind();
     let n = inputs.policy_logp.size()[1];
-    let log_ratio = (inputs.policy_logp.detach() - inputs.prior_logp.to_kind(kind)).detach(); // [P, n]
+    // No gradient through R: the policy's log-prob is detached here.
+    let log_ratio = inputs.policy_logp.detach() - inputs.prior_logp.to_kind(kind); // [P, n]
     let reward = match config.tau {
         Some(tau) => inputs.reward.to_kind(kind) - &log_ratio * tau,
         None => inputs.log_goodness.to_kind(kind) - &log_ratio,
-    }
-    .detach(); // [P, n]
+    }; // [P, n]
     let others = (reward.sum_dim_intlist([-1].as_slice(), true, None) - &reward) / (n - 1) as f64; // [P, n]
     let advantage = &reward - &others; // [P, n]
     let rho = (&inputs.policy_logp - inputs.proposal_logp.to_kind(kind)).exp(); // [P, n]
