@@ -32,7 +32,7 @@ fn sentiment_on_a_tiny_llama() {
     let names: Vec<&str> = outcome.rows.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["prior", "brain", "dpo"]);
     for row in &outcome.rows {
-        let win = row.metrics.get("win_rate_vs_gold").expect("win rate");
+        let win = row.metrics.get("win_train").expect("win rate");
         assert!((0.0..=1.0).contains(&win), "{}: win rate {win}", row.name);
         let length = row.metrics.get("length").unwrap();
         assert!(
@@ -41,14 +41,18 @@ fn sentiment_on_a_tiny_llama() {
             row.name
         );
         assert!(row.metrics.get("reward").unwrap().abs() <= 1.0);
-        assert!(row.metrics.get("kl_policy_prior_mc").is_some());
+        assert!(row.metrics.get("kl").is_some());
     }
     // The prior's Monte-Carlo KL to itself is zero up to float rounding (the
     // sampler's KV-cache log-probs against a full forward pass).
-    let self_kl = outcome.rows[0].metrics.get("kl_policy_prior_mc").unwrap();
+    let self_kl = outcome.rows[0].metrics.get("kl").unwrap();
     assert!(self_kl.abs() < 1e-4, "prior's KL to itself {self_kl}");
     let steps = std::fs::read_to_string(dir.path().join("out/steps/brain.csv")).unwrap();
     assert_eq!(steps.lines().count(), 3, "{steps}");
+    // Every judged completion is kept: 4 held-out prompts × 2 samples per row.
+    let samples = std::fs::read_to_string(dir.path().join("out/samples/brain.jsonl")).unwrap();
+    assert_eq!(samples.lines().count(), 8, "{samples}");
+    assert!(dir.path().join("out/report.html").is_file());
 }
 
 /// DPO's "direct" mode trains on a preference file's pairs (here the HH-RLHF

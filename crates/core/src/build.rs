@@ -68,6 +68,19 @@ pub fn build_plugin_in<T: PluginObject + ?Sized>(
     name: &str,
     settings: toml::Value,
 ) -> Result<Box<T>, BuildError> {
+    // Paths given in code are relative to the working directory.
+    build_plugin_at(registry, name, settings, &PathBase::default()).map(|(object, _)| object)
+}
+
+/// Builds a plugin named inside another plugin's settings (a judge's reward
+/// model, say): its paths are relative to `base`, the manifest's directory.
+/// Returns the object and its resolved settings.
+pub fn build_plugin_at<T: PluginObject + ?Sized>(
+    registry: &Registry,
+    name: &str,
+    settings: toml::Value,
+    base: &PathBase,
+) -> Result<(Box<T>, toml::Value), BuildError> {
     let plugin = registry.get(T::KIND, name)?;
     let ctor = T::pick(plugin.constructor).expect("registry lookups are by kind");
     let config_error = |error| BuildError::Config {
@@ -83,10 +96,20 @@ pub fn build_plugin_in<T: PluginObject + ?Sized>(
                 format!("not representable as TOML: {e}"),
             ))
         })?;
-    // Paths given in code are relative to the working directory.
-    let input = ConfigDeserializer::new(value.into_deserializer(), PathBase::default());
-    let (object, _resolved) = ctor(input).map_err(config_error)?;
-    Ok(object)
+    let input = ConfigDeserializer::new(value.into_deserializer(), base.clone());
+    ctor(input).map_err(config_error)
+}
+
+/// A plugin slot's value, `"NAME"` or `{ NAME = { … } }`, as (name, settings).
+pub fn slot_parts(value: &toml::Value) -> Option<(String, toml::Value)> {
+    match value {
+        toml::Value::String(name) => Some((name.clone(), toml::Value::Table(toml::Table::new()))),
+        toml::Value::Table(t) if t.len() == 1 => {
+            let (name, settings) = t.iter().next().expect("one entry");
+            Some((name.clone(), settings.clone()))
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,20 @@
 //! Evaluators turn a policy into metrics (KL to the posterior, win rates, …).
+//!
+//! At each evaluation point the runner draws the policy's completions on the
+//! held-out prompts once ([`HeldOut`]) and hands them to every evaluator, so
+//! the reward-model judges and the LLM judge read the same responses. An
+//! evaluator returns run-level metrics and per-completion *columns* (a win
+//! 0 / ½ / 1 per judge, a reward, a log-ratio); the tables average columns
+//! with intervals over prompts ([`crate::stats`]), recomputable from the
+//! judged samples on disk.
 
-use tch::Device;
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
 
-use crate::{GoodnessModel, Metrics, Policy, RewardModel, Task};
+use crate::logprob::policy_logprobs;
+use crate::sampling::sample;
+use crate::task::Prompt;
+use crate::{GoodnessModel, Metrics, Policy, RewardModel, SampleBatch, SamplingConfig, Task};
 
 pub struct EvalContext<'a> {
     pub task: &'a dyn Task,
@@ -14,8 +26,225 @@ pub struct EvalContext<'a> {
     pub device: Device,
 }
 
+/// How held-out completions are drawn (`[eval]` in a manifest).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Completions per held-out prompt.
+    #[serde(default = "one")]
+    pub samples: i64,
+    /// Sampling temperature (the Monte-Carlo KL needs 1).
+    #[serde(default = "one_f")]
+    pub temperature: f64,
+    /// Use only the first this many held-out prompts (default: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompts: Option<usize>,
+    /// Prompts per sampling batch.
+    #[serde(default = "sixteen")]
+    pub batch_prompts: usize,
+    /// Added to the run's seed for the evaluation draws, so every run at one
+    /// seed is judged on common random numbers.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn one() -> i64 {
+    1
+}
+fn one_f() -> f64 {
+    1.0
+}
+fn sixteen() -> usize {
+    16
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig {
+            samples: 1,
+            temperature: 1.0,
+            prompts: None,
+            batch_prompts: 16,
+            seed: 0,
+        }
+    }
+}
+
+impl EvalConfig {
+    /// The first out-of-range setting, as `(key, message)`.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.samples < 1 {
+            return Err(("samples", "must be ≥ 1".into()));
+        }
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
+            return Err(("temperature", "must be finite and ≥ 0".into()));
+        }
+        if self.batch_prompts == 0 {
+            return Err(("batch_prompts", "must be ≥ 1".into()));
+        }
+        if self.prompts == Some(0) {
+            return Err(("prompts", "must be ≥ 1 (or left out for all)".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The policy's completions on the held-out prompts at one evaluation point.
+pub struct HeldOut {
+    /// The held-out prompts used (`[P]`).
+    pub prompts: Vec<Prompt>,
+    /// `[N]` completions, prompt-major (`N = P · samples`); texts decoded when
+    /// the policy has a tokenizer.
+    pub batch: SampleBatch,
+    /// The gold completion of each prompt (`[P]` rows), if the task has them.
+    pub gold: Option<SampleBatch>,
+    /// `[N]` f64: log π(y|x) under the policy at temperature 1.
+    pub policy_logp: Tensor,
+    /// `[N]` f64: log p(y|x) under the prior.
+    pub prior_logp: Tensor,
+    /// Whether completions were drawn from π itself (temperature 1), so
+    /// `policy_logp − prior_logp` estimates KL(π‖p) without bias.
+    pub on_policy: bool,
+}
+
+impl HeldOut {
+    /// Draws `config.samples` completions per held-out prompt from `policy`.
+    pub fn draw(
+        ctx: &EvalContext,
+        policy: &dyn Policy,
+        config: &EvalConfig,
+        seed: u64,
+    ) -> anyhow::Result<HeldOut> {
+        let all = ctx.task.eval_prompts();
+        anyhow::ensure!(
+            !all.is_empty(),
+            "the task has no held-out prompts to evaluate on"
+        );
+        let p = config.prompts.unwrap_or(all.len()).min(all.len());
+        let prompts = all[..p].to_vec();
+        let sampling = SamplingConfig {
+            temperature: config.temperature,
+            top_k: None,
+            top_p: None,
+        };
+        let _guard = tch::no_grad_guard();
+        let mut parts = Vec::new();
+        for (i, chunk) in prompts.chunks(config.batch_prompts).enumerate() {
+            let start = i * config.batch_prompts;
+            let mut b = sample(
+                policy,
+                chunk,
+                config.samples,
+                ctx.task.max_new_tokens(),
+                ctx.task.eos_token(),
+                &sampling,
+                seed ^ start as u64,
+            );
+            for j in b.prompt_index.iter_mut() {
+                *j += start;
+            }
+            parts.push(b);
+        }
+        let mut batch = parts
+            .into_iter()
+            .reduce(|a, b| SampleBatch::cat(&a, &b))
+            .expect("at least one prompt");
+        let gold = ctx.task.eval_references().map(|refs| {
+            let mut g = SampleBatch::from_pairs(&prompts, &refs[..p], ctx.device);
+            if let Some(codec) = ctx.codec {
+                g.decode_texts(codec)?;
+            }
+            anyhow::Ok(g)
+        });
+        let gold = gold.transpose()?;
+        if let Some(codec) = ctx.codec {
+            batch.decode_texts(codec)?;
+        }
+        let prior_logp = policy_logprobs(ctx.prior, &batch).to_kind(Kind::Double);
+        Ok(HeldOut {
+            prompts,
+            policy_logp: batch.model_logp.to_kind(Kind::Double),
+            prior_logp,
+            batch,
+            gold,
+            on_policy: config.temperature == 1.0,
+        })
+    }
+
+    /// Number of completions `N`.
+    pub fn len(&self) -> usize {
+        self.batch.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty()
+    }
+
+    /// The gold batch's rows repeated to line up with `batch`: row `i` is the
+    /// gold completion of completion `i`'s prompt.
+    pub fn gold_rows(&self) -> Option<SampleBatch> {
+        let gold = self.gold.as_ref()?;
+        let rows: Vec<i64> = self.batch.prompt_index.iter().map(|&i| i as i64).collect();
+        Some(gold.select_rows(&Tensor::from_slice(&rows)))
+    }
+}
+
+/// What an evaluator found.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Evaluation {
+    /// Run-level metrics (exact KLs, …), reported as they are.
+    pub metrics: Metrics,
+    /// Per-completion columns aligned with [`HeldOut::batch`]: the tables
+    /// report each column's mean with a 95% interval over prompts. A judge's
+    /// column is named `win_<judge>` (1 win, ½ tie, 0 loss against gold).
+    pub columns: Vec<(String, Vec<f64>)>,
+}
+
+impl Evaluation {
+    pub fn from_metrics(metrics: Metrics) -> Evaluation {
+        Evaluation {
+            metrics,
+            columns: Vec::new(),
+        }
+    }
+
+    pub fn column(&mut self, name: impl Into<String>, values: Vec<f64>) {
+        self.columns.push((name.into(), values));
+    }
+
+    pub fn extend(&mut self, other: Evaluation) {
+        self.metrics.extend(&other.metrics);
+        for (name, values) in other.columns {
+            match self.columns.iter_mut().find(|(n, _)| *n == name) {
+                Some(slot) => slot.1 = values,
+                None => self.columns.push((name, values)),
+            }
+        }
+    }
+}
+
+/// A judge's verdicts against gold: 1 where `policy > gold`, ½ on a tie.
+pub fn wins_against(policy: &Tensor, gold: &Tensor) -> Vec<f64> {
+    let w = policy.gt_tensor(gold).to_kind(Kind::Double)
+        + policy.eq_tensor(gold).to_kind(Kind::Double) * 0.5;
+    Vec::<f64>::try_from(w.to_device(Device::Cpu)).expect("f64 verdicts")
+}
+
 pub trait Evaluator: Send + Sync {
-    fn evaluate(&self, ctx: &EvalContext, policy: &dyn Policy) -> anyhow::Result<Metrics>;
+    /// Whether this evaluator reads held-out completions (the runner draws
+    /// them only when some evaluator does).
+    fn needs_held_out(&self) -> bool {
+        true
+    }
+
+    /// Judges `policy`; `held_out` is its completions when
+    /// [`Evaluator::needs_held_out`] (and `None` otherwise).
+    fn evaluate(
+        &self,
+        ctx: &EvalContext,
+        policy: &dyn Policy,
+        held_out: Option<&HeldOut>,
+    ) -> anyhow::Result<Evaluation>;
 
     /// Rows that are not policies but belong in the table (e.g. the exact
     /// posterior), as `(row name, metrics)`.

@@ -22,7 +22,7 @@ pub mod text;
 
 pub use device::DeviceChoice;
 pub use estimator::{pair_mask, pair_mean, Estimator, GroupInputs, Pairs};
-pub use evaluator::{EvalContext, Evaluator};
+pub use evaluator::{EvalConfig, EvalContext, Evaluation, Evaluator, HeldOut};
 pub use metrics::Metrics;
 pub use plan::{Candidates, DataPlan, Distribution};
 pub use policy::{Decoder, ModelContext, ModelSpec, Policy};

@@ -3,7 +3,9 @@
 
 use align_core::logprob::policy_logprobs;
 use align_core::registry::{build_from_config, Built, ConfigDeserializer, Constructor};
-use align_core::{EvalContext, Evaluator, Metrics, Plugin, PluginError, Policy, SampleBatch};
+use align_core::{
+    EvalContext, Evaluation, Evaluator, HeldOut, Metrics, Plugin, PluginError, Policy, SampleBatch,
+};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -64,7 +66,16 @@ fn expectation(log_p: &Tensor, values: &Tensor) -> f64 {
 }
 
 impl Evaluator for ExactKl {
-    fn evaluate(&self, ctx: &EvalContext, policy: &dyn Policy) -> anyhow::Result<Metrics> {
+    fn needs_held_out(&self) -> bool {
+        false // it sums over the whole output space instead
+    }
+
+    fn evaluate(
+        &self,
+        ctx: &EvalContext,
+        policy: &dyn Policy,
+        _: Option<&HeldOut>,
+    ) -> anyhow::Result<Evaluation> {
         let e = self.exact(ctx)?;
         let _guard = tch::no_grad_guard();
         let log_q = policy_logprobs(policy, &e.batch)
@@ -81,7 +92,7 @@ impl Evaluator for ExactKl {
         m.set("kl_policy_post", kl(&log_q, &e.log_post));
         m.set("kl_policy_prior", kl(&log_q, &e.log_prior));
         m.set("expected_reward", expectation(&log_q, &e.reward));
-        Ok(m)
+        Ok(Evaluation::from_metrics(m))
     }
 
     fn reference_rows(&self, ctx: &EvalContext) -> anyhow::Result<Vec<(String, Metrics)>> {

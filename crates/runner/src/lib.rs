@@ -1,7 +1,11 @@
 //! The pipeline behind `runner MANIFEST.toml`: build the plugins a manifest
 //! names, train one policy per run, evaluate, and write `results/<name>/`.
 
+pub mod check;
+pub mod evaluate;
 pub mod report;
+pub mod sft;
+pub mod stages;
 pub mod train;
 
 use std::path::{Path, PathBuf};
@@ -10,6 +14,7 @@ use std::time::Instant;
 use align_core::manifest::Manifest;
 use align_core::policy::frozen_copy;
 use align_core::{EvalContext, Metrics, ModelContext, Policy, TaskContext};
+use align_report::format::{RunRecord, RunsFile, SampleRecord};
 use anyhow::Context;
 
 // Links every plugin crate so its `inventory` registrations survive: build.rs
@@ -18,22 +23,72 @@ use anyhow::Context;
 // dependency line in crates/runner/Cargo.toml.
 include!(concat!(env!("OUT_DIR"), "/plugins.rs"));
 
-/// One row of the summary table.
+/// One row of the summary: a run at one seed (reference rows have none).
 #[derive(Debug, Clone)]
 pub struct Row {
     pub name: String,
     pub estimator: String,
+    pub seed: Option<u64>,
     pub steps: usize,
     pub seconds: f64,
+    /// Run-level metrics and the plain mean of each per-completion column.
     pub metrics: Metrics,
 }
 
 pub struct Outcome {
     pub rows: Vec<Row>,
     pub out_dir: PathBuf,
+    /// The summary table as Markdown (what `runner` prints).
+    pub markdown: String,
 }
 
-/// Runs every run of `manifest`, writing results into `out_dir`.
+/// Where this ran, for the results (floats differ across machines).
+pub fn machine(device: tch::Device) -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let device = match device {
+        tch::Device::Cpu => "CPU".to_string(),
+        tch::Device::Cuda(i) => format!("CUDA:{i}"),
+        d => format!("{d:?}"),
+    };
+    format!(
+        "{cpu}, {cores} cores, {} LibTorch threads, {device}",
+        tch::get_num_threads()
+    )
+}
+
+/// Per run: its rows for the summary and its judged completions.
+struct RunResults {
+    records: Vec<RunRecord>,
+    samples: Vec<SampleRecord>,
+}
+
+impl RunResults {
+    fn new() -> RunResults {
+        RunResults {
+            records: Vec::new(),
+            samples: Vec::new(),
+        }
+    }
+}
+
+fn metric_pairs(m: &Metrics) -> Vec<(String, Option<f64>)> {
+    m.iter()
+        .map(|(n, v)| (n.to_string(), v.is_finite().then_some(v)))
+        .collect()
+}
+
+/// Runs every run of `manifest` at each of its seeds, writing results into
+/// `out_dir`: runs.json, samples/, steps/, then every table, plot and the
+/// report, recomputed from those files.
 pub fn run(manifest: &Manifest, out_dir: &Path, progress: bool) -> anyhow::Result<Outcome> {
     if let Some(t) = manifest.threads {
         tch::set_num_threads(t);
@@ -65,6 +120,19 @@ pub fn run(manifest: &Manifest, out_dir: &Path, progress: bool) -> anyhow::Resul
             codec: codec.clone(),
         })
         .context("building the task")?;
+    if let Some(c) = &manifest.sft {
+        let done = sft::sft(prior.as_mut(), task.as_ref(), c, manifest.seed, progress)
+            .context("the `[sft]` stage")?;
+        match (done.cached, done.nll) {
+            (true, _) => eprintln!("SFT: cached in {}", done.dir.display()),
+            (false, Some((first, last))) => eprintln!(
+                "SFT: gold NLL/token {first:.3} → {last:.3} in {:.0} s, cached in {}",
+                done.seconds,
+                done.dir.display()
+            ),
+            (false, None) => {}
+        }
+    }
     let reward = manifest
         .reward
         .value
@@ -78,70 +146,182 @@ pub fn run(manifest: &Manifest, out_dir: &Path, progress: bool) -> anyhow::Resul
         codec: codec.as_deref(),
         device,
     };
-    let evaluate = |policy: &dyn Policy| -> anyhow::Result<Metrics> {
-        let mut m = Metrics::new();
-        for e in &manifest.evaluators {
-            m.extend(
-                &e.value
-                    .evaluate(&eval_ctx, policy)
-                    .with_context(|| format!("evaluator `{}`", e.plugin))?,
-            );
-        }
-        Ok(m)
-    };
 
     let mut rows = Vec::new();
+    let mut results: Vec<(String, RunResults)> = Vec::new();
+    let mut reference = RunResults::new();
     for e in &manifest.evaluators {
         for (name, metrics) in e.value.reference_rows(&eval_ctx)? {
+            reference.records.push(RunRecord {
+                run: name.clone(),
+                estimator: "-".into(),
+                seed: None,
+                steps: 0,
+                seconds: 0.0,
+                metrics: metric_pairs(&metrics),
+                columns: Vec::new(),
+                eval_steps: Vec::new(),
+                samples: None,
+            });
             rows.push(Row {
                 name,
                 estimator: "-".into(),
+                seed: None,
                 steps: 0,
                 seconds: 0.0,
                 metrics,
             });
         }
     }
-    rows.push(Row {
-        name: "prior".into(),
-        estimator: "-".into(),
-        steps: 0,
-        seconds: 0.0,
-        metrics: evaluate(prior.as_ref())?,
-    });
+    results.push((String::new(), reference));
+
+    let mut prior_results = RunResults::new();
+    for &seed in &manifest.seeds {
+        let at = evaluate::Point {
+            run: "prior",
+            seed,
+            step: 0,
+        };
+        let judged = evaluate::evaluate(manifest, &eval_ctx, prior.as_ref(), &at)?;
+        prior_results
+            .records
+            .push(record("prior", "-", seed, 0, 0.0, &judged, vec![0]));
+        rows.push(Row {
+            name: "prior".into(),
+            estimator: "-".into(),
+            seed: Some(seed),
+            steps: 0,
+            seconds: 0.0,
+            metrics: judged.metrics.clone(),
+        });
+        prior_results.samples.extend(judged.records);
+    }
+    results.push(("prior".into(), prior_results));
 
     for run in &manifest.runs {
-        let started = Instant::now();
-        let mut policy = frozen_copy(manifest.model.value.as_ref(), &model_ctx, prior.as_ref())?;
-        policy.var_store_mut().unfreeze();
-        let setup = train::Setup {
-            manifest,
-            run,
-            task: task.as_ref(),
-            model_ctx: &model_ctx,
-            prior: prior.as_ref(),
-            reward: reward.as_ref(),
-            codec: codec.as_deref(),
-        };
-        let log = train::train(&setup, policy.as_mut(), &evaluate, progress)
-            .with_context(|| format!("training run `{}`", run.name))?;
-        let metrics = evaluate(policy.as_ref())?;
-        report::write_steps(out_dir, &run.name, &log)?;
-        rows.push(Row {
-            name: run.name.clone(),
-            estimator: run.estimator.plugin.clone(),
-            steps: run.steps,
-            seconds: started.elapsed().as_secs_f64(),
-            metrics,
-        });
+        let mut run_results = RunResults::new();
+        let mut steps_log = Vec::new();
+        for &seed in &manifest.seeds {
+            let started = Instant::now();
+            let mut policy =
+                frozen_copy(manifest.model.value.as_ref(), &model_ctx, prior.as_ref())?;
+            policy.var_store_mut().unfreeze();
+            let setup = train::Setup {
+                manifest,
+                run,
+                task: task.as_ref(),
+                model_ctx: &model_ctx,
+                prior: prior.as_ref(),
+                reward: reward.as_ref(),
+                codec: codec.as_deref(),
+                seed,
+            };
+            let mut eval_steps = Vec::new();
+            let mut samples = Vec::new();
+            let mut at_step = |policy: &dyn Policy, step: usize| -> anyhow::Result<Metrics> {
+                let at = evaluate::Point {
+                    run: &run.name,
+                    seed,
+                    step,
+                };
+                let judged = evaluate::evaluate(manifest, &eval_ctx, policy, &at)?;
+                eval_steps.push(step);
+                samples.extend(judged.records);
+                Ok(judged.metrics)
+            };
+            let mut log = train::train(&setup, policy.as_mut(), &mut at_step, progress)
+                .with_context(|| format!("training run `{}` (seed {seed})", run.name))?;
+            let at = evaluate::Point {
+                run: &run.name,
+                seed,
+                step: run.steps,
+            };
+            let judged = evaluate::evaluate(manifest, &eval_ctx, policy.as_ref(), &at)
+                .with_context(|| format!("evaluating run `{}` (seed {seed})", run.name))?;
+            if manifest.train.eval_every > 0 {
+                if let Some((_, last)) = log.last_mut() {
+                    last.extend(&judged.metrics);
+                }
+            }
+            eval_steps.push(run.steps);
+            let seconds = started.elapsed().as_secs_f64();
+            run_results.records.push(record(
+                &run.name,
+                &run.estimator.plugin,
+                seed,
+                run.steps,
+                seconds,
+                &judged,
+                eval_steps,
+            ));
+            run_results.samples.extend(samples);
+            run_results.samples.extend(judged.records);
+            rows.push(Row {
+                name: run.name.clone(),
+                estimator: run.estimator.plugin.clone(),
+                seed: Some(seed),
+                steps: run.steps,
+                seconds,
+                metrics: judged.metrics,
+            });
+            steps_log.push((seed, log));
+        }
+        report::write_steps(out_dir, &run.name, &steps_log)?;
+        results.push((run.name.clone(), run_results));
     }
     align_core::io::write_atomic(
         &out_dir.join("manifest.resolved.toml"),
         manifest.resolved_toml().as_bytes(),
     )?;
-    report::write_summary(out_dir, &rows)?;
+    let mut runs = RunsFile {
+        experiment: manifest.name.clone(),
+        description: manifest.description.clone(),
+        machine: machine(device),
+        seeds: manifest.seeds.clone(),
+        rows: Vec::new(),
+    };
+    for (name, mut r) in results {
+        if !r.samples.is_empty() {
+            let file = align_report::format::samples_path(&name);
+            align_report::format::write_samples(out_dir, &file, &r.samples)?;
+            for rec in &mut r.records {
+                rec.samples = Some(file.clone());
+            }
+        }
+        runs.rows.extend(r.records);
+    }
+    align_report::format::write_runs(out_dir, &runs)?;
+    let tables = align_report::write_experiment(out_dir)?;
     Ok(Outcome {
         rows,
         out_dir: out_dir.to_path_buf(),
+        markdown: tables.markdown,
     })
+}
+
+fn record(
+    run: &str,
+    estimator: &str,
+    seed: u64,
+    steps: usize,
+    seconds: f64,
+    judged: &evaluate::Judged,
+    eval_steps: Vec<usize>,
+) -> RunRecord {
+    // Column means are recomputed from the samples: keep only run-level metrics.
+    let run_level: Vec<(String, Option<f64>)> = metric_pairs(&judged.metrics)
+        .into_iter()
+        .filter(|(n, _)| !judged.columns.contains(n))
+        .collect();
+    RunRecord {
+        run: run.to_string(),
+        estimator: estimator.to_string(),
+        seed: Some(seed),
+        steps,
+        seconds,
+        metrics: run_level,
+        columns: judged.columns.clone(),
+        eval_steps,
+        samples: None,
+    }
 }

@@ -1,7 +1,9 @@
-//! `runner MANIFEST.toml [--set key.path=value …] [--out DIR]` runs an
-//! experiment; `runner list` prints every registered plugin.
+//! `runner MANIFEST.toml [--set key.path=value …] [--out DIR] [--dry-run]`
+//! runs an experiment (its stages, runs and evaluation); `runner tables
+//! results/` recomputes every table, plot and report from what is on disk;
+//! `runner list` prints every registered plugin.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use align_core::manifest::Manifest;
@@ -33,12 +35,22 @@ struct Cli {
     /// Hide progress bars.
     #[arg(long)]
     quiet: bool,
+    /// Check the manifest, its stages, files and settings, print the plan and
+    /// its work; train nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// List every registered plugin by kind.
     List,
+    /// Check a manifest and print its plan without training (= `--dry-run`).
+    Check(CheckArgs),
+    /// Recompute every table, plot and report under a results directory
+    /// (one experiment, or a folder of them plus the cross-experiment table)
+    /// from the saved samples and metrics, without training.
+    Tables(TablesArgs),
     /// Score completions: one `{"logprob", "tokens"}` JSON line per input line.
     Logprobs(lm::LogprobsArgs),
     /// Sample completions with their log-densities into a JSONL file.
@@ -49,6 +61,20 @@ enum Command {
     TrainRm(TrainRmArgs),
     /// Add `reward` and `log_goodness` to every record of a sample file.
     Score(rm::ScoreArgs),
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    manifest: PathBuf,
+    #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+    overrides: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct TablesArgs {
+    /// `results/` (every experiment in it) or `results/<experiment>`.
+    #[arg(default_value = "results")]
+    dir: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -100,6 +126,8 @@ fn main() -> ExitCode {
             Ok(m) => Some(train_rm(a, &m)),
         },
         Some(Command::Score(a)) => Some(rm::score(a)),
+        Some(Command::Tables(a)) => Some(tables(&a.dir)),
+        Some(Command::Check(a)) => return experiment(&a.manifest, &a.overrides, None, true, true),
         None => None,
     };
     if let Some(result) = lm_result {
@@ -112,34 +140,111 @@ fn main() -> ExitCode {
         };
     }
     let Some(path) = cli.manifest else {
-        eprintln!("error: give a manifest, e.g. `runner experiments/exact.toml`, or `runner list`");
+        eprintln!(
+            "error: give a manifest, e.g. `runner experiments/quickstart.toml`, or `runner list`"
+        );
         return ExitCode::from(2);
     };
-    let manifest = match Manifest::load(&path, &cli.overrides) {
+    experiment(&path, &cli.overrides, cli.out, cli.dry_run, cli.quiet)
+}
+
+fn tables(dir: &Path) -> anyhow::Result<()> {
+    if dir.join("runs.json").is_file() {
+        let t = align_report::write_experiment(dir)?;
+        print!("{}", t.markdown);
+        eprintln!("rewrote the tables, plots and report in {}", dir.display());
+    } else {
+        let all = align_report::write_all(dir)?;
+        print!("{}", all.markdown);
+        eprintln!(
+            "rewrote {} experiment(s) under {} and {}",
+            all.experiments.len(),
+            dir.display(),
+            dir.join("tables.md").display()
+        );
+    }
+    Ok(())
+}
+
+/// Stages, then the manifest's runs (or, with `dry_run`, only the checks).
+fn experiment(
+    path: &Path,
+    overrides: &[String],
+    out: Option<PathBuf>,
+    dry_run: bool,
+    quiet: bool,
+) -> ExitCode {
+    let fail = |e: anyhow::Error| {
+        eprintln!("error: {e:#}");
+        ExitCode::FAILURE
+    };
+    // Stages come first: the plugins read what they write.
+    let stages = match Manifest::stages(path, overrides) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let stage_lines = if dry_run {
+        match runner::stages::plan_reward_models(&stages.reward_models) {
+            Ok((lines, true)) => lines,
+            Ok((lines, false)) => {
+                for l in &lines {
+                    println!("stage: {l}");
+                }
+                println!(
+                    "The rest of the manifest reads what these stages write: run it without --dry-run (the stages train first), or train them with `runner train-rm MANIFEST`, then check again."
+                );
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => return fail(e),
+        }
+    } else {
+        match runner::stages::reward_models(&stages.reward_models, !quiet) {
+            Ok(lines) => {
+                for l in &lines {
+                    eprintln!("stage: {l}");
+                }
+                lines
+            }
+            Err(e) => return fail(e),
+        }
+    };
+    let manifest = match Manifest::load(path, overrides) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
-    let out = cli
-        .out
-        .unwrap_or_else(|| PathBuf::from("results").join(&manifest.name));
+    if dry_run {
+        return match runner::check::check(&manifest, &stage_lines) {
+            Ok(plan) => {
+                print!("{plan}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        };
+    }
+    let out = out.unwrap_or_else(|| PathBuf::from("results").join(&manifest.name));
     eprintln!(
-        "running {} ({} runs) → {}",
+        "running {} ({} runs × {} seed(s)) → {}",
         path.display(),
         manifest.runs.len(),
+        manifest.seeds.len(),
         out.display()
     );
-    match runner::run(&manifest, &out, !cli.quiet) {
+    match runner::run(&manifest, &out, !quiet) {
         Ok(outcome) => {
-            print!("{}", runner::report::markdown(&outcome.rows));
-            eprintln!("wrote {}", outcome.out_dir.display());
+            print!("{}", outcome.markdown);
+            eprintln!(
+                "wrote {} (report: {})",
+                outcome.out_dir.display(),
+                outcome.out_dir.join("report.html").display()
+            );
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => fail(e),
     }
 }

@@ -18,6 +18,8 @@ pub struct Setup<'a> {
     pub prior: &'a dyn Policy,
     pub reward: &'a dyn RewardModel,
     pub codec: Option<&'a dyn TextCodec>,
+    /// This run's training seed (one of the manifest's `seeds`).
+    pub seed: u64,
 }
 
 /// Per-step metrics: `(step, metrics)`; evaluation metrics appear on eval steps.
@@ -25,11 +27,12 @@ pub type StepLog = Vec<(usize, Metrics)>;
 
 /// Trains `policy` with the run's estimator: each step refreshes the proposal
 /// when the plan says so, builds the inputs the plan declares, and takes one
-/// optimizer step on the estimator's loss.
+/// optimizer step on the estimator's loss. `evaluate(policy, step)` runs every
+/// `train.eval_every` steps before the last.
 pub fn train(
     s: &Setup,
     policy: &mut dyn Policy,
-    evaluate: &dyn Fn(&dyn Policy) -> anyhow::Result<Metrics>,
+    evaluate: &mut dyn FnMut(&dyn Policy, usize) -> anyhow::Result<Metrics>,
     progress: bool,
 ) -> anyhow::Result<StepLog> {
     let estimator = s.run.estimator.value.as_ref();
@@ -45,7 +48,7 @@ pub fn train(
         goodness: s.manifest.goodness.value.as_ref(),
         codec: s.codec,
         sampling: &s.run.sampling,
-        seed: s.manifest.seed,
+        seed: s.seed,
         prompts_per_step: train.prompts_per_step,
     };
     let mut batcher = Batcher::new(context, estimator.plan())
@@ -62,8 +65,9 @@ pub fn train(
         opt.backward_step(&loss);
 
         metrics.set("reward_mean", inputs.reward_mean); // over every candidate
-        if train.eval_every > 0 && (step + 1) % train.eval_every == 0 {
-            metrics.extend(&evaluate(policy)?);
+                                                        // The final evaluation is the caller's.
+        if train.eval_every > 0 && (step + 1) % train.eval_every == 0 && step + 1 < s.run.steps {
+            metrics.extend(&evaluate(policy, step + 1)?);
         }
         log.push((step + 1, metrics));
         bar.inc(1);

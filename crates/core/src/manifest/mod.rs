@@ -24,7 +24,10 @@ pub use self::paths::{InputPath, OutputPath, PathBase};
 pub use self::source::{ManifestSource, Slot};
 pub use crate::device::DeviceChoice;
 use crate::registry::Registry;
-use crate::{Estimator, Evaluator, GoodnessModel, ModelSpec, RewardSpec, SamplingConfig, TaskSpec};
+use crate::{
+    Estimator, EvalConfig, Evaluator, GoodnessModel, ModelSpec, RewardSpec, SamplingConfig,
+    TaskSpec,
+};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -50,6 +53,41 @@ pub struct TrainConfig {
     pub eval_every: usize,
 }
 
+/// Supervised fine-tuning of the base model on the task's gold outputs
+/// before alignment (`[sft]`): the paper aligns an SFT model. The result is
+/// cached by a hash of the model, the task and these settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SftConfig {
+    #[serde(default = "one_epoch")]
+    pub epochs: usize,
+    pub lr: f64,
+    /// Prompt + gold pairs per step.
+    #[serde(default = "eight")]
+    pub batch_size: usize,
+    /// Cut gold outputs to this many tokens (default: the task's completion cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_len: Option<usize>,
+}
+
+fn one_epoch() -> usize {
+    1
+}
+fn eight() -> usize {
+    8
+}
+
+/// Stages that run before the manifest's plugins are built (`[stages]`),
+/// because those plugins read what the stages write.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stages {
+    /// Reward-model manifests (`runner train-rm`), relative to this manifest:
+    /// each is trained unless its output is cached.
+    #[serde(default)]
+    pub reward_models: Vec<PathBuf>,
+}
+
 /// One trained policy: an estimator and optional overrides of `train`.
 pub struct Run {
     pub name: String,
@@ -64,7 +102,11 @@ pub struct Manifest {
     pub path: PathBuf,
     pub name: String,
     pub description: Option<String>,
+    /// Builds the task and the prior (and seeds a toy model's init).
     pub seed: u64,
+    /// Every run is repeated at each of these training seeds (`seeds = [..]`;
+    /// default: `[seed]`); the tables report the mean and interval across them.
+    pub seeds: Vec<u64>,
     pub device: DeviceChoice,
     /// LibTorch intra-op threads (default: LibTorch's choice).
     pub threads: Option<i32>,
@@ -73,6 +115,11 @@ pub struct Manifest {
     pub reward: Slot<dyn RewardSpec>,
     pub goodness: Slot<dyn GoodnessModel>,
     pub evaluators: Vec<Slot<dyn Evaluator>>,
+    /// How the held-out completions the evaluators judge are drawn.
+    pub eval: EvalConfig,
+    /// Fine-tune the base model on gold outputs first (the prior is the result).
+    pub sft: Option<SftConfig>,
+    pub stages: Stages,
     pub train: TrainConfig,
     pub sampling: SamplingConfig,
     pub runs: Vec<Run>,
@@ -126,6 +173,8 @@ struct Shape {
     #[serde(default)]
     seed: u64,
     #[serde(default)]
+    seeds: Option<Vec<u64>>,
+    #[serde(default)]
     device: DeviceChoice,
     #[serde(default)]
     threads: Option<i32>,
@@ -135,6 +184,12 @@ struct Shape {
     goodness: PluginName,
     #[serde(default)]
     evaluators: Option<toml::Table>,
+    #[serde(default)]
+    eval: EvalConfig,
+    #[serde(default)]
+    sft: Option<SftConfig>,
+    #[serde(default)]
+    stages: Stages,
     train: TrainConfig,
     #[serde(default)]
     sampling: SamplingConfig,
@@ -198,6 +253,41 @@ impl Manifest {
                 ));
             }
         }
+        if let Err((k, message)) = shape.eval.validate() {
+            let p = format!("eval.{k}");
+            return Err(src.invalid(
+                &p,
+                format!("invalid `{p}`: {message}"),
+                format!("change `{p}`"),
+            ));
+        }
+        if let Some(sft) = &shape.sft {
+            for (k, bad) in [
+                ("lr", !sft.lr.is_finite() || sft.lr <= 0.0),
+                ("epochs", sft.epochs == 0),
+                ("batch_size", sft.batch_size == 0),
+                ("max_len", sft.max_len == Some(0)),
+            ] {
+                if bad {
+                    return Err(src.invalid(
+                        &format!("sft.{k}"),
+                        format!("`sft.{k}` must be positive and finite"),
+                        format!("set `sft.{k}` to a positive value"),
+                    ));
+                }
+            }
+        }
+        let seeds = shape.seeds.clone().unwrap_or_else(|| vec![shape.seed]);
+        let mut distinct = seeds.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        if seeds.is_empty() || distinct.len() != seeds.len() {
+            return Err(src.invalid(
+                "seeds",
+                "`seeds` must list at least one seed, each once",
+                "write e.g. `seeds = [1, 2, 3]`, or leave it out to use `seed`",
+            ));
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, r) in shape.runs.iter().enumerate() {
             if !seen.insert(r.name.as_str()) {
@@ -237,6 +327,7 @@ impl Manifest {
             name: shape.name,
             description: shape.description,
             seed: shape.seed,
+            seeds,
             device: shape.device,
             threads: shape.threads,
             task,
@@ -244,10 +335,38 @@ impl Manifest {
             reward,
             goodness,
             evaluators,
+            eval: shape.eval,
+            sft: shape.sft,
+            stages: shape.stages,
             train: shape.train,
             sampling: shape.sampling,
             runs,
         })
+    }
+
+    /// The `[stages]` of the manifest at `path`, read before anything else is
+    /// built (the plugins may read what they write); paths resolved against
+    /// the manifest's directory.
+    pub fn stages(path: &Path, overrides: &[String]) -> Result<Stages, ManifestError> {
+        #[derive(Deserialize)]
+        struct Only {
+            #[serde(default)]
+            stages: Stages,
+        }
+        let src = ManifestSource::read(path, overrides)?;
+        let mut only: Only = src.deserialize()?;
+        for (i, m) in only.stages.reward_models.iter_mut().enumerate() {
+            let resolved = src.base().join(m);
+            if !resolved.is_file() {
+                return Err(src.invalid(
+                    &format!("stages.reward_models.{i}"),
+                    format!("reward-model manifest not found: {}", resolved.display()),
+                    "give the path of a `runner train-rm` manifest, relative to this manifest",
+                ));
+            }
+            *m = resolved;
+        }
+        Ok(only.stages)
     }
 
     /// The manifest with every default filled in, as TOML.
@@ -266,6 +385,7 @@ impl Manifest {
             #[serde(skip_serializing_if = "Option::is_none")]
             description: &'a Option<String>,
             seed: u64,
+            seeds: &'a [u64],
             device: DeviceChoice,
             #[serde(skip_serializing_if = "Option::is_none")]
             threads: Option<i32>,
@@ -274,6 +394,10 @@ impl Manifest {
             reward: &'a Slot<dyn RewardSpec>,
             goodness: &'a Slot<dyn GoodnessModel>,
             evaluators: toml::Table,
+            eval: &'a EvalConfig,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            sft: &'a Option<SftConfig>,
+            stages: &'a Stages,
             train: &'a TrainConfig,
             sampling: &'a SamplingConfig,
             runs: Vec<RunOut<'a>>,
@@ -282,6 +406,7 @@ impl Manifest {
             name: &self.name,
             description: &self.description,
             seed: self.seed,
+            seeds: &self.seeds,
             device: self.device,
             threads: self.threads,
             task: &self.task,
@@ -293,6 +418,9 @@ impl Manifest {
                 .iter()
                 .map(|e| (e.plugin.clone(), e.config.clone()))
                 .collect(),
+            eval: &self.eval,
+            sft: &self.sft,
+            stages: &self.stages,
             train: &self.train,
             sampling: &self.sampling,
             runs: self

@@ -25,7 +25,8 @@ impl PathBase {
         PathBase(file.parent().map(Path::to_path_buf).unwrap_or_default())
     }
 
-    fn join(&self, written: &Path) -> PathBuf {
+    /// `written` relative to the base; absolute paths stay as they are.
+    pub fn join(&self, written: &Path) -> PathBuf {
         if written.is_relative() {
             self.0.join(written)
         } else {
