@@ -297,7 +297,21 @@ impl TaskSpec for PreferenceFileSpec {
 
 fn construct_preference_file(de: ConfigDeserializer) -> Result<Built<dyn TaskSpec>, PluginError> {
     build_resolving(de, |c: &mut PreferenceFileConfig, base| {
-        base.resolve("path", &mut c.path)?;
+        // A missing file says what to download and where to put it.
+        base.resolve("path", &mut c.path).map_err(|e| match e {
+            PluginError::Path { key, message } => {
+                let written = serde_json::to_value(&c.path)
+                    .ok()
+                    .and_then(|v| v.as_str().map(std::path::PathBuf::from))
+                    .unwrap_or_default();
+                let hint = c.format.download_hint(&base.join(&written));
+                PluginError::Path {
+                    key,
+                    message: format!("{message}: {hint}"),
+                }
+            }
+            other => other,
+        })?;
         if c.max_new_tokens < 1 {
             return Err(PluginError::invalid("max_new_tokens", "must be ≥ 1"));
         }

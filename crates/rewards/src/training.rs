@@ -6,6 +6,8 @@
 //! only the head trains (a logistic regression on sentence embeddings);
 //! otherwise everything is fine-tuned with AdamW, linear warm-up and decay.
 
+use std::collections::HashMap;
+
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -58,9 +60,15 @@ pub struct TrainSettings {
     /// then decays linearly to 0.
     #[serde(default = "default_warmup")]
     pub warmup: f64,
-    /// Train the head only, on features computed once.
+    /// Train the head only, on the body's features computed once (one
+    /// forward per distinct text, no gradient): a logistic regression on
+    /// sentence embeddings, minutes instead of the fine-tune's half hour.
     #[serde(default)]
     pub freeze_backbone: bool,
+    /// Train on a seeded random subset of at most this many training
+    /// examples (texts or pairs); validation and held-out sets stay whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_examples: Option<usize>,
     /// Gradient-norm clip.
     #[serde(default = "one")]
     pub max_grad_norm: f64,
@@ -90,6 +98,9 @@ impl TrainSettings {
         if self.epochs == 0 {
             return Some(("epochs", "must be ≥ 1".into()));
         }
+        if self.max_examples == Some(0) {
+            return Some(("max_examples", "must be ≥ 1".into()));
+        }
         if self.batch_size == 0 {
             return Some(("batch_size", "must be ≥ 1".into()));
         }
@@ -109,6 +120,22 @@ impl TrainSettings {
             return Some(("max_grad_norm", "must be > 0".into()));
         }
         None
+    }
+}
+
+/// At most `max` of `examples`, a random subset (seeded, in their original
+/// order); all of them when `max` is `None` or not smaller.
+pub fn subsample(examples: &Examples, max: Option<usize>, seed: u64) -> Examples {
+    let n = examples.len();
+    let Some(max) = max.filter(|&m| m < n) else {
+        return examples.clone();
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_5a3b);
+    let mut keep = rand::seq::index::sample(&mut rng, n, max).into_vec();
+    keep.sort_unstable();
+    match examples {
+        Examples::Labelled(x) => Examples::Labelled(keep.iter().map(|&i| x[i].clone()).collect()),
+        Examples::Pairs(x) => Examples::Pairs(keep.iter().map(|&i| x[i].clone()).collect()),
     }
 }
 
@@ -142,21 +169,115 @@ fn features_of(rm: &ScalarRm, ids: &[Vec<i64>], batch: usize) -> Tensor {
     sorted.index_select(0, &order.argsort(0, false))
 }
 
-/// Head outputs `[B, L]` of the texts with indices `idx` into `ids` (or
-/// into the precomputed `features`).
-fn logits_of(rm: &ScalarRm, ids: &[Vec<i64>], features: Option<&Tensor>, idx: &[usize]) -> Tensor {
-    let f = match features {
-        Some(f) => {
-            let i: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
-            f.index_select(0, &Tensor::from_slice(&i).to_device(f.device()))
+/// Pooled features of distinct texts, computed once without gradient: while
+/// the body does not change, each text costs one forward however many sets
+/// and pairs it is in.
+pub struct TextFeatures {
+    rows: HashMap<String, i64>,
+    /// `[N, H]`, row `rows[text]`.
+    features: Tensor,
+}
+
+impl TextFeatures {
+    /// Features of every distinct text of `texts`, `batch` at a time.
+    pub fn compute(rm: &ScalarRm, texts: &[&str], batch: usize) -> anyhow::Result<TextFeatures> {
+        let mut unique = texts.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        let ids = rm.encoder().encode_all(&unique)?;
+        let features = if ids.is_empty() {
+            Tensor::zeros([0, 0], (Kind::Float, rm.vs.device()))
+        } else {
+            features_of(rm, &ids, batch)
+        };
+        let rows = unique
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.to_string(), i as i64))
+            .collect();
+        Ok(TextFeatures { rows, features })
+    }
+
+    /// Number of distinct texts.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Row of each text; fails on a text that was not computed.
+    pub fn rows_of(&self, texts: &[&str]) -> anyhow::Result<Vec<i64>> {
+        texts
+            .iter()
+            .map(|t| {
+                self.rows
+                    .get(*t)
+                    .copied()
+                    .ok_or_else(|| anyhow::anyhow!("no precomputed features for the text {t:?}"))
+            })
+            .collect()
+    }
+
+    /// Features `[B, H]` of the given rows.
+    fn select(&self, rows: &[i64]) -> Tensor {
+        let i = Tensor::from_slice(rows).to_device(self.features.device());
+        self.features.index_select(0, &i)
+    }
+}
+
+/// Where a training batch's features come from.
+enum Source<'a> {
+    /// Token ids of `train.texts()`: a forward through the (trained) body.
+    Body(Vec<Vec<i64>>),
+    /// A frozen body: precomputed features, and the row of each text of
+    /// `train.texts()`.
+    Frozen(&'a TextFeatures, Vec<i64>),
+}
+
+/// Head outputs `[B, L]` of the texts at positions `idx` of `train.texts()`.
+fn logits_of(rm: &ScalarRm, source: &Source, idx: &[usize]) -> Tensor {
+    let f = match source {
+        Source::Frozen(features, rows) => {
+            let r: Vec<i64> = idx.iter().map(|&i| rows[i]).collect();
+            features.select(&r)
         }
-        None => {
+        Source::Body(ids) => {
             let rows: Vec<&[i64]> = idx.iter().map(|&i| ids[i].as_slice()).collect();
             let (x, mask) = rm.pad(&rows);
             rm.features(&x, &mask)
         }
     };
     rm.head(&f) // [B, L]
+}
+
+/// Makes only the head trainable.
+fn freeze_body(rm: &mut ScalarRm) {
+    for (_, mut v) in rm.vs.variables() {
+        let _ = v.requires_grad_(false);
+    }
+    for mut p in rm.head_parameters() {
+        let _ = p.requires_grad_(true);
+    }
+}
+
+/// Features of the training and validation texts, once, for a frozen body.
+fn frozen_features(
+    rm: &ScalarRm,
+    train: &Examples,
+    val: &Examples,
+) -> anyhow::Result<TextFeatures> {
+    let start = std::time::Instant::now();
+    let mut texts = train.texts();
+    texts.extend(val.texts());
+    let f = TextFeatures::compute(rm, &texts, 64)?;
+    eprintln!(
+        "computed the frozen body's features of {} distinct texts in {:.1} s",
+        f.len(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(f)
 }
 
 /// Trains `rm` on `train`, reporting accuracy on `val` after each epoch;
@@ -173,25 +294,16 @@ pub fn train(
         anyhow::bail!("train.{key} {why}");
     }
     tch::manual_seed(s.seed as i64);
-    let ids = rm.encoder().encode_all(&train.texts())?;
-    let features = s.freeze_backbone.then(|| {
-        let start = std::time::Instant::now();
-        let f = features_of(rm, &ids, 64);
-        eprintln!(
-            "computed the frozen body's features of {} texts in {:.1} s",
-            ids.len(),
-            start.elapsed().as_secs_f64()
-        );
-        f
-    });
-    if s.freeze_backbone {
-        for (_, mut v) in rm.vs.variables() {
-            let _ = v.requires_grad_(false);
-        }
-        for mut p in rm.head_parameters() {
-            let _ = p.requires_grad_(true);
-        }
-    }
+    let frozen = if s.freeze_backbone {
+        freeze_body(rm);
+        Some(frozen_features(rm, train, val)?)
+    } else {
+        None
+    };
+    let source = match &frozen {
+        Some(f) => Source::Frozen(f, f.rows_of(&train.texts())?),
+        None => Source::Body(rm.encoder().encode_all(&train.texts())?),
+    };
     let mut opt = nn::AdamW {
         wd: s.weight_decay,
         ..Default::default()
@@ -217,21 +329,7 @@ pub fn train(
         order.shuffle(&mut rng);
         let mut loss_sum = 0.0;
         for batch in order.chunks(s.batch_size) {
-            let loss = match train {
-                Examples::Labelled(x) => {
-                    let logits = logits_of(rm, &ids, features.as_ref(), batch);
-                    let labels: Vec<i64> = batch.iter().map(|&i| x[i].1).collect();
-                    let labels = Tensor::from_slice(&labels).to_device(logits.device());
-                    classifier_loss(&logits, &labels)
-                }
-                Examples::Pairs(_) => {
-                    // Chosen at 2i, rejected at 2i + 1; one forward for both.
-                    let idx: Vec<usize> = batch.iter().flat_map(|&i| [2 * i, 2 * i + 1]).collect();
-                    let logits = logits_of(rm, &ids, features.as_ref(), &idx);
-                    let r = rm.reward_of_logits(&logits).view([-1, 2]); // [B, 2]
-                    bradley_terry_loss(&r.select(1, 0), &r.select(1, 1))
-                }
-            };
+            let loss = batch_loss(rm, train, &source, batch);
             opt.set_lr(s.lr * schedule(step));
             opt.set_lr_group(HEAD_GROUP, head_lr * schedule(step));
             opt.backward_step_clip_norm(&loss, s.max_grad_norm);
@@ -240,13 +338,36 @@ pub fn train(
             step += 1;
             progress(step, total, l);
         }
+        let val_accuracy = match &frozen {
+            Some(f) => accuracy_on(rm, val, f)?,
+            None => accuracy(rm, val, s.batch_size.max(32))?,
+        };
         reports.push(EpochReport {
             epoch,
             train_loss: loss_sum / train.len() as f64,
-            val_accuracy: accuracy(rm, val, s.batch_size.max(32))?,
+            val_accuracy,
         });
     }
     Ok(reports)
+}
+
+/// The loss of the training examples `batch` (indices into `train`).
+fn batch_loss(rm: &ScalarRm, train: &Examples, source: &Source, batch: &[usize]) -> Tensor {
+    match train {
+        Examples::Labelled(x) => {
+            let logits = logits_of(rm, source, batch);
+            let labels: Vec<i64> = batch.iter().map(|&i| x[i].1).collect();
+            let labels = Tensor::from_slice(&labels).to_device(logits.device());
+            classifier_loss(&logits, &labels)
+        }
+        Examples::Pairs(_) => {
+            // Chosen at 2i, rejected at 2i + 1; one forward for both.
+            let idx: Vec<usize> = batch.iter().flat_map(|&i| [2 * i, 2 * i + 1]).collect();
+            let logits = logits_of(rm, source, &idx);
+            let r = rm.reward_of_logits(&logits).view([-1, 2]); // [B, 2]
+            bradley_terry_loss(&r.select(1, 0), &r.select(1, 1))
+        }
+    }
 }
 
 /// Classification accuracy (labelled texts: the predicted class — for one
@@ -256,14 +377,27 @@ pub fn accuracy(rm: &ScalarRm, examples: &Examples, batch: usize) -> anyhow::Res
     if examples.is_empty() {
         return Ok(f64::NAN);
     }
-    let texts = examples.texts();
+    accuracy_on(
+        rm,
+        examples,
+        &TextFeatures::compute(rm, &examples.texts(), batch)?,
+    )
+}
+
+/// [`accuracy`] from precomputed features of (at least) every text of
+/// `examples`: only the head runs.
+pub fn accuracy_on(
+    rm: &ScalarRm,
+    examples: &Examples,
+    features: &TextFeatures,
+) -> anyhow::Result<f64> {
+    if examples.is_empty() {
+        return Ok(f64::NAN);
+    }
+    let rows = features.rows_of(&examples.texts())?;
+    let logits = tch::no_grad(|| rm.head(&features.select(&rows))); // [N, L]
     let correct = match examples {
         Examples::Labelled(x) => {
-            let ids = rm.encoder().encode_all(&texts)?;
-            let logits = tch::no_grad(|| {
-                let f = features_of(rm, &ids, batch);
-                rm.head(&f)
-            });
             let predicted: Vec<i64> = if logits.size()[1] == 1 {
                 Vec::try_from(logits.select(1, 0).gt(0.0).to_kind(Kind::Int64))?
             } else {
@@ -276,16 +410,9 @@ pub fn accuracy(rm: &ScalarRm, examples: &Examples, batch: usize) -> anyhow::Res
                 .count()
         }
         Examples::Pairs(_) => {
-            // A text is usually in several pairs: score each once.
-            let mut unique: Vec<&str> = texts.clone();
-            unique.sort_unstable();
-            unique.dedup();
-            let r = rm.score_texts(&unique, batch)?;
-            let reward = |t: &str| r[unique.binary_search(&t).expect("scored above")];
-            texts
-                .chunks(2)
-                .filter(|c| reward(c[0]) > reward(c[1]))
-                .count()
+            let r = rm.reward_of_logits(&logits).view([-1, 2]); // [N, 2]
+            let wins = r.select(1, 0).gt_tensor(&r.select(1, 1));
+            wins.sum(Kind::Int64).int64_value(&[]) as usize
         }
     };
     Ok(correct as f64 / examples.len() as f64)
@@ -307,6 +434,20 @@ mod tests {
         // Only the difference counts: a shared offset changes nothing.
         let shifted = bradley_terry_loss(&t(&[4.0, 3.0]), &t(&[3.0, 3.0]));
         assert!((shifted.double_value(&[]) - 0.503_204_4).abs() < 1e-6);
+    }
+
+    #[test]
+    fn subsample_is_seeded_and_keeps_order() {
+        let all = Examples::Labelled((0..10).map(|i| (i.to_string(), i)).collect());
+        let a = subsample(&all, Some(4), 7);
+        assert_eq!(a, subsample(&all, Some(4), 7));
+        let Examples::Labelled(kept) = &a else {
+            unreachable!()
+        };
+        assert_eq!(kept.len(), 4);
+        assert!(kept.windows(2).all(|w| w[0].1 < w[1].1), "{kept:?}");
+        assert_eq!(subsample(&all, Some(10), 7), all);
+        assert_eq!(subsample(&all, None, 7), all);
     }
 
     #[test]

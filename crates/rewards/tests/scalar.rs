@@ -171,6 +171,7 @@ fn settings() -> TrainSettings {
         weight_decay: 0.0,
         warmup: 0.0,
         freeze_backbone: false,
+        max_examples: None,
         max_grad_norm: 1.0,
         seed: 0,
     }

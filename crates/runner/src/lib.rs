@@ -245,6 +245,13 @@ pub fn run(manifest: &Manifest, out_dir: &Path, progress: bool) -> anyhow::Resul
             }
             eval_steps.push(run.steps);
             let seconds = started.elapsed().as_secs_f64();
+            if progress {
+                // One line per finished run, also where the bars are hidden (no TTY).
+                eprintln!(
+                    "  {} (seed {seed}): {} steps in {seconds:.0} s",
+                    run.name, run.steps
+                );
+            }
             run_results.records.push(record(
                 &run.name,
                 &run.estimator.plugin,

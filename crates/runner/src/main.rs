@@ -179,7 +179,9 @@ fn experiment(
         ExitCode::FAILURE
     };
     // Stages come first: the plugins read what they write.
-    let stages = match Manifest::stages(path, overrides) {
+    let stages = match Manifest::stages(path, overrides)
+        .and_then(|s| runner::stages::load(&s.reward_models))
+    {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
@@ -187,7 +189,7 @@ fn experiment(
         }
     };
     let stage_lines = if dry_run {
-        match runner::stages::plan_reward_models(&stages.reward_models) {
+        match runner::stages::plan_reward_models(&stages) {
             Ok((lines, true)) => lines,
             Ok((lines, false)) => {
                 for l in &lines {
@@ -201,7 +203,7 @@ fn experiment(
             Err(e) => return fail(e),
         }
     } else {
-        match runner::stages::reward_models(&stages.reward_models, !quiet) {
+        match runner::stages::reward_models(&stages, !quiet) {
             Ok(lines) => {
                 for l in &lines {
                     eprintln!("stage: {l}");

@@ -2,7 +2,9 @@
 //! models trained from their `train-rm` manifests, each cached by the hash
 //! of its inputs and settings (see `align_rewards::pipeline::ensure_trained`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+use align_core::manifest::ManifestError;
 
 use align_rewards::pipeline::{self, RmManifest};
 use anyhow::Context;
@@ -19,17 +21,24 @@ fn is_cached(m: &RmManifest) -> anyhow::Result<bool> {
     Ok(record.get("key").and_then(|k| k.as_str()) == Some(key.key.as_str()))
 }
 
-fn load(path: &Path) -> anyhow::Result<RmManifest> {
-    RmManifest::load(path, &[]).map_err(|e| anyhow::anyhow!("{e}"))
+/// Reads every listed reward-model manifest (a bad one stops everything
+/// before any work, with its located error).
+pub fn load(paths: &[PathBuf]) -> Result<Vec<(PathBuf, RmManifest)>, ManifestError> {
+    paths
+        .iter()
+        .map(|p| Ok((p.clone(), RmManifest::load(p, &[])?)))
+        .collect()
 }
 
 /// Trains (or reuses) every reward model listed; one line per stage.
-pub fn reward_models(paths: &[PathBuf], progress: bool) -> anyhow::Result<Vec<String>> {
+pub fn reward_models(
+    stages: &[(PathBuf, RmManifest)],
+    progress: bool,
+) -> anyhow::Result<Vec<String>> {
     let mut lines = Vec::new();
-    for path in paths {
-        let m = load(path)?;
+    for (path, m) in stages {
         let results = PathBuf::from("results").join(&m.name);
-        let done = pipeline::ensure_trained(&m, &results, progress)
+        let done = pipeline::ensure_trained(m, &results, progress)
             .with_context(|| format!("reward-model stage {}", path.display()))?;
         lines.push(format!(
             "reward model `{}`: {} ({})",
@@ -42,12 +51,11 @@ pub fn reward_models(paths: &[PathBuf], progress: bool) -> anyhow::Result<Vec<St
 }
 
 /// What `reward_models` would do, without training.
-pub fn plan_reward_models(paths: &[PathBuf]) -> anyhow::Result<(Vec<String>, bool)> {
+pub fn plan_reward_models(stages: &[(PathBuf, RmManifest)]) -> anyhow::Result<(Vec<String>, bool)> {
     let mut lines = Vec::new();
     let mut all_cached = true;
-    for path in paths {
-        let m = load(path)?;
-        let cached = is_cached(&m)?;
+    for (path, m) in stages {
+        let cached = is_cached(m)?;
         all_cached &= cached;
         lines.push(format!(
             "reward model `{}` from {}: {} ({})",
