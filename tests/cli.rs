@@ -250,3 +250,22 @@ fn tables_reproduce_the_committed_results() {
         "the command wrote other files"
     );
 }
+
+/// `--dry-run` checks everything, prints the plan with its work and trains
+/// nothing: no results directory appears.
+#[test]
+fn dry_run_prints_the_plan_and_trains_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments/exact.toml");
+    let m = manifest.to_str().unwrap();
+    let (code, out, err) = runner(dir.path(), &[m, "--dry-run", "--set", "seeds=[1, 2]"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("runs (each at 2 seed(s): [1, 2])"), "{out}");
+    assert!(out.contains("BRAIn (brain): 600 steps"), "{out}");
+    assert!(out.contains("OK: nothing was trained"), "{out}");
+    assert!(!dir.path().join("results").exists());
+    // A bad setting fails the check as it would fail the run.
+    let (code, _, err) = runner(dir.path(), &["check", m, "--set", "eval.samples=0"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("eval.samples"), "{err}");
+}
