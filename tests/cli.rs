@@ -269,3 +269,22 @@ fn dry_run_prints_the_plan_and_trains_nothing() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("eval.samples"), "{err}");
 }
+
+/// Runs whose names share a file name (or a run named `prior`) would
+/// overwrite each other's results: refused before any training.
+#[test]
+fn run_names_that_share_result_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments/exact.toml");
+    let m = manifest.to_str().unwrap();
+    for (name, clash) in [("brain", "BRAIn"), ("Prior", "prior")] {
+        let set = format!("runs.2.name={name:?}");
+        let (code, _, err) = runner(dir.path(), &[m, "--set", &set, "--out", "out"]);
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains(&format!("runs `{clash}` and `{name}`")),
+            "{err}"
+        );
+        assert!(!dir.path().join("out").exists(), "wrote results: {err}");
+    }
+}

@@ -223,10 +223,13 @@ impl Evaluation {
     }
 }
 
-/// A judge's verdicts against gold: 1 where `policy > gold`, ½ on a tie.
+/// A judge's verdicts against gold: 1 where `policy > gold`, ½ on a tie,
+/// NaN (no verdict) where either score is NaN.
 pub fn wins_against(policy: &Tensor, gold: &Tensor) -> Vec<f64> {
     let w = policy.gt_tensor(gold).to_kind(Kind::Double)
         + policy.eq_tensor(gold).to_kind(Kind::Double) * 0.5;
+    let missing = policy.isnan().logical_or(&gold.isnan());
+    let w = w.masked_fill(&missing, f64::NAN);
     Vec::<f64>::try_from(w.to_device(Device::Cpu)).expect("f64 verdicts")
 }
 

@@ -98,7 +98,7 @@ pub fn check(manifest: &Manifest, stage_lines: &[String]) -> anyhow::Result<Stri
         .iter()
         .map(|r| match manifest.train.eval_every {
             0 => 1,
-            k => r.steps.div_ceil(k),
+            k => r.steps.div_ceil(k).max(1),
         })
         .sum::<usize>()
         + 1; // the prior

@@ -48,6 +48,13 @@ pub fn evaluate(
             .value
             .evaluate(ctx, policy, held_out.as_ref())
             .with_context(|| format!("evaluator `{}`", e.plugin))?;
+        for (name, _) in &found.columns {
+            anyhow::ensure!(
+                !all.columns.iter().any(|(n, _)| n == name),
+                "evaluator `{}` writes the column `{name}`, which another evaluator wrote too: rename one of the judges",
+                e.plugin
+            );
+        }
         if let Some(h) = &held_out {
             for (name, values) in &found.columns {
                 anyhow::ensure!(

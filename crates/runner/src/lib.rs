@@ -90,6 +90,7 @@ fn metric_pairs(m: &Metrics) -> Vec<(String, Option<f64>)> {
 /// `out_dir`: runs.json, samples/, steps/, then every table, plot and the
 /// report, recomputed from those files.
 pub fn run(manifest: &Manifest, out_dir: &Path, progress: bool) -> anyhow::Result<Outcome> {
+    check_run_names(manifest)?;
     if let Some(t) = manifest.threads {
         tch::set_num_threads(t);
     }
@@ -304,6 +305,31 @@ pub fn run(manifest: &Manifest, out_dir: &Path, progress: bool) -> anyhow::Resul
         out_dir: out_dir.to_path_buf(),
         markdown: tables.markdown,
     })
+}
+
+/// Each run's results go to files named after it (`steps/<slug>.csv`,
+/// `samples/<slug>.jsonl`): two names with one slug, or a run named like
+/// the untrained `prior` row, would overwrite each other's files.
+fn check_run_names(manifest: &Manifest) -> anyhow::Result<()> {
+    let mut seen: Vec<(String, &str)> = vec![(report::slug("prior"), "prior")];
+    for run in &manifest.runs {
+        let slug = report::slug(&run.name);
+        anyhow::ensure!(
+            !slug.is_empty(),
+            "{}: run `{}` has no letters or digits to name its result files by; rename it",
+            manifest.path.display(),
+            run.name
+        );
+        if let Some((_, other)) = seen.iter().find(|(s, _)| *s == slug) {
+            anyhow::bail!(
+                "{}: runs `{other}` and `{}` would share the result files `{slug}.*` (names are compared by their file-name form; `prior` is the untrained model's row): rename one",
+                manifest.path.display(),
+                run.name
+            );
+        }
+        seen.push((slug, &run.name));
+    }
+    Ok(())
 }
 
 fn record(

@@ -17,7 +17,7 @@ use tch::nn::OptimizerConfig;
 use tch::{nn, Kind};
 
 /// Bumped when the training or the file layout changes, so stale caches retrain.
-const FORMAT: &str = "sft-v1";
+const FORMAT: &str = "sft-v2";
 
 /// What the stage did.
 pub struct SftOutcome {
@@ -40,16 +40,25 @@ pub fn stage_root() -> PathBuf {
     home.join(".cache/brain-rs/stages")
 }
 
-/// The training pairs: each training prompt with its reference, cut to `max_len`.
+/// The training pairs: each training prompt with its reference, cut to
+/// `max_len`; a reference that fits ends with the EOS token, so the SFT
+/// model learns to stop as the gold does.
 fn pairs(task: &dyn Task, max_len: usize) -> anyhow::Result<Vec<(usize, Vec<i64>)>> {
     let refs = task
         .train_references()
         .context("`[sft]` needs gold outputs, and this task has none")?;
+    let eos = task.eos_token();
     Ok(refs
         .iter()
         .enumerate()
         .filter(|(_, r)| !r.is_empty())
-        .map(|(i, r)| (i, r[..r.len().min(max_len)].to_vec()))
+        .map(|(i, r)| {
+            let mut target = r[..r.len().min(max_len)].to_vec();
+            if let (Some(eos), true) = (eos, r.len() < max_len) {
+                target.push(eos);
+            }
+            (i, target)
+        })
         .collect())
 }
 
