@@ -175,8 +175,26 @@ pub fn run(manifest: &Manifest, out_dir: &Path, progress: bool) -> anyhow::Resul
         }
     }
     results.push((String::new(), reference));
+    results.push(("prior".into(), RunResults::new()));
+    for run in &manifest.runs {
+        results.push((run.name.clone(), RunResults::new()));
+    }
+    let mut steps_logs: Vec<Vec<(u64, train::StepLog)>> = vec![Vec::new(); manifest.runs.len()];
+    align_core::io::write_atomic(
+        &out_dir.join("manifest.resolved.toml"),
+        manifest.resolved_toml().as_bytes(),
+    )?;
+    let runs_file = RunsFile {
+        experiment: manifest.name.clone(),
+        description: manifest.description.clone(),
+        machine: machine(device),
+        seeds: manifest.seeds.clone(),
+        rows: Vec::new(),
+    };
 
-    let mut prior_results = RunResults::new();
+    // Seed by seed, so that an interrupted experiment has every method at the
+    // seeds it finished; the results on disk are rewritten after each run.
+    let mut markdown = String::new();
     for &seed in &manifest.seeds {
         let at = evaluate::Point {
             run: "prior",
@@ -184,6 +202,7 @@ pub fn run(manifest: &Manifest, out_dir: &Path, progress: bool) -> anyhow::Resul
             step: 0,
         };
         let judged = evaluate::evaluate(manifest, &eval_ctx, prior.as_ref(), &at)?;
+        let prior_results = &mut results[1].1;
         prior_results
             .records
             .push(record("prior", "-", seed, 0, 0.0, &judged, vec![0]));
@@ -196,13 +215,9 @@ pub fn run(manifest: &Manifest, out_dir: &Path, progress: bool) -> anyhow::Resul
             metrics: judged.metrics.clone(),
         });
         prior_results.samples.extend(judged.records);
-    }
-    results.push(("prior".into(), prior_results));
+        markdown = flush(out_dir, &runs_file, &results)?;
 
-    for run in &manifest.runs {
-        let mut run_results = RunResults::new();
-        let mut steps_log = Vec::new();
-        for &seed in &manifest.seeds {
+        for (i, run) in manifest.runs.iter().enumerate() {
             let started = Instant::now();
             let mut policy =
                 frozen_copy(manifest.model.value.as_ref(), &model_ctx, prior.as_ref())?;
@@ -253,6 +268,7 @@ pub fn run(manifest: &Manifest, out_dir: &Path, progress: bool) -> anyhow::Resul
                     run.name, run.steps
                 );
             }
+            let run_results = &mut results[2 + i].1;
             run_results.records.push(record(
                 &run.name,
                 &run.estimator.plugin,
@@ -272,39 +288,39 @@ pub fn run(manifest: &Manifest, out_dir: &Path, progress: bool) -> anyhow::Resul
                 seconds,
                 metrics: judged.metrics,
             });
-            steps_log.push((seed, log));
+            steps_logs[i].push((seed, log));
+            report::write_steps(out_dir, &run.name, &steps_logs[i])?;
+            markdown = flush(out_dir, &runs_file, &results)?;
         }
-        report::write_steps(out_dir, &run.name, &steps_log)?;
-        results.push((run.name.clone(), run_results));
     }
-    align_core::io::write_atomic(
-        &out_dir.join("manifest.resolved.toml"),
-        manifest.resolved_toml().as_bytes(),
-    )?;
-    let mut runs = RunsFile {
-        experiment: manifest.name.clone(),
-        description: manifest.description.clone(),
-        machine: machine(device),
-        seeds: manifest.seeds.clone(),
-        rows: Vec::new(),
-    };
-    for (name, mut r) in results {
-        if !r.samples.is_empty() {
-            let file = align_report::format::samples_path(&name);
-            align_report::format::write_samples(out_dir, &file, &r.samples)?;
-            for rec in &mut r.records {
-                rec.samples = Some(file.clone());
-            }
-        }
-        runs.rows.extend(r.records);
-    }
-    align_report::format::write_runs(out_dir, &runs)?;
-    let tables = align_report::write_experiment(out_dir)?;
     Ok(Outcome {
         rows,
         out_dir: out_dir.to_path_buf(),
-        markdown: tables.markdown,
+        markdown,
     })
+}
+
+/// Writes every judged sample and `runs.json` so far, then the tables, plots
+/// and report recomputed from them; returns the summary as Markdown.
+fn flush(
+    out_dir: &Path,
+    runs_file: &RunsFile,
+    results: &[(String, RunResults)],
+) -> anyhow::Result<String> {
+    let mut runs = runs_file.clone();
+    for (name, r) in results {
+        let mut records = r.records.clone();
+        if !r.samples.is_empty() {
+            let file = align_report::format::samples_path(name);
+            align_report::format::write_samples(out_dir, &file, &r.samples)?;
+            for rec in &mut records {
+                rec.samples = Some(file.clone());
+            }
+        }
+        runs.rows.extend(records);
+    }
+    align_report::format::write_runs(out_dir, &runs)?;
+    Ok(align_report::write_experiment(out_dir)?.markdown)
 }
 
 /// Each run's results go to files named after it (`steps/<slug>.csv`,
