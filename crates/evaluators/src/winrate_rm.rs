@@ -92,16 +92,14 @@ impl Evaluator for WinrateRm {
     }
 }
 
-/// A judge's name becomes a column and a file name: keep it plain.
+/// `train` is the training reward's column.
 fn check_name(name: &str) -> Result<(), PluginError> {
-    let ok = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    if !ok || name == "train" {
+    let key = format!("judges.{name}");
+    crate::check_judge_name(&key, name)?;
+    if name == "train" {
         return Err(PluginError::invalid(
-            &format!("judges.{name}"),
-            "a judge's name must be letters, digits, `_` or `-`, and not `train` (the training reward's column)",
+            &key,
+            "`train` is the training reward's column (`training = true`); name this judge otherwise",
         ));
     }
     Ok(())

@@ -705,6 +705,17 @@ fn free_or_foreign(out: &Path) -> anyhow::Result<OutState> {
 }
 
 /// A reusable model has its config and weights.
+/// Whether `out` already holds the model of `m` (what [`ensure_trained`]
+/// would reuse); an error if `out` is something this pipeline did not write.
+pub fn is_cached(m: &RmManifest) -> anyhow::Result<bool> {
+    let key = stage_key(m)?;
+    let out = m.out.path();
+    Ok(
+        matches!(out_state(out)?, OutState::Ours(Some(r)) if r.key == key.key)
+            && model_files_present(out),
+    )
+}
+
 fn model_files_present(out: &Path) -> bool {
     out.join("config.json").is_file() && out.join("model.safetensors").is_file()
 }

@@ -9,18 +9,6 @@ use align_core::manifest::ManifestError;
 use align_rewards::pipeline::{self, RmManifest};
 use anyhow::Context;
 
-/// Whether the RM at `m.out` was trained from exactly these inputs.
-fn is_cached(m: &RmManifest) -> anyhow::Result<bool> {
-    let key = pipeline::stage_key(m)?;
-    let stage = m.out.path().join("stage.json");
-    let Ok(text) = std::fs::read_to_string(&stage) else {
-        return Ok(false);
-    };
-    let record: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", stage.display()))?;
-    Ok(record.get("key").and_then(|k| k.as_str()) == Some(key.key.as_str()))
-}
-
 /// Reads every listed reward-model manifest (a bad one stops everything
 /// before any work, with its located error).
 pub fn load(paths: &[PathBuf]) -> Result<Vec<(PathBuf, RmManifest)>, ManifestError> {
@@ -55,7 +43,7 @@ pub fn plan_reward_models(stages: &[(PathBuf, RmManifest)]) -> anyhow::Result<(V
     let mut lines = Vec::new();
     let mut all_cached = true;
     for (path, m) in stages {
-        let cached = is_cached(m)?;
+        let cached = pipeline::is_cached(m)?;
         all_cached &= cached;
         lines.push(format!(
             "reward model `{}` from {}: {} ({})",

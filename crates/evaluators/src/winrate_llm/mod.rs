@@ -276,22 +276,6 @@ impl Evaluator for WinrateLlm {
     }
 }
 
-/// The name becomes column names and file names: keep it plain.
-fn check_name(name: &str) -> Result<(), PluginError> {
-    let ok = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    if ok {
-        Ok(())
-    } else {
-        Err(PluginError::invalid(
-            "name",
-            format!("`{name}`: use letters, digits, `_` or `-` (it names the judge's columns)"),
-        ))
-    }
-}
-
 fn check_template(template: &str) -> Result<(), PluginError> {
     for slot in ["{prompt}", "{first}", "{second}"] {
         if !template.contains(slot) {
@@ -318,7 +302,7 @@ fn check_choices(choices: &[String]) -> Result<[String; 2], PluginError> {
 
 fn construct(de: ConfigDeserializer) -> Result<Built<dyn Evaluator>, PluginError> {
     build_resolving(de, |c: &mut WinrateLlmConfig, base| {
-        check_name(&c.name)?;
+        crate::check_judge_name("name", &c.name)?;
         check_template(&c.template)?;
         let choices = check_choices(&c.choices)?;
         if c.max_completions == Some(0) {
