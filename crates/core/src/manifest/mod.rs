@@ -51,6 +51,24 @@ pub struct TrainConfig {
     /// Run the evaluators every this many steps (0: only at the end).
     #[serde(default)]
     pub eval_every: usize,
+    /// Save a checkpoint (policy, optimizer, proposal, log so far) every this
+    /// many steps, for `--resume` (0: only when a run finishes).
+    #[serde(default)]
+    pub checkpoint_every: usize,
+    /// What a step whose loss or gradient is not finite does.
+    #[serde(default)]
+    pub on_nonfinite: OnNonfinite,
+}
+
+/// `train.on_nonfinite`: a non-finite loss or gradient either skips the
+/// optimizer step (counted in the metrics as `skipped_steps`) or stops the
+/// run with an error, keeping the last good checkpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnNonfinite {
+    Skip,
+    #[default]
+    Stop,
 }
 
 /// Supervised fine-tuning of the base model on the task's gold outputs

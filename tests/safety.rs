@@ -1,0 +1,1 @@
+//! Output safety: what the runner writes, replaces and refuses.
