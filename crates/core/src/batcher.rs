@@ -121,6 +121,19 @@ impl<'a> Batcher<'a> {
         self.proposal = Some(proposal);
     }
 
+    /// The latest proposal, when it is no longer the prior.
+    pub fn proposal(&self) -> Option<&dyn Policy> {
+        self.proposal.as_deref()
+    }
+
+    /// Moves past `steps` steps taken before a resume: the data order ends
+    /// where it stood after them (every other draw is seeded by its step).
+    pub fn skip(&mut self, steps: usize) {
+        for _ in 0..steps {
+            self.order.next();
+        }
+    }
+
     /// The inputs of step `step` (0-based) for `policy`, whose log-probs carry
     /// the gradient.
     pub fn next(&mut self, step: usize, policy: &dyn Policy) -> anyhow::Result<StepInputs> {
@@ -271,6 +284,7 @@ impl<'a> Batcher<'a> {
         let config = sampling.unwrap_or(self.ctx.sampling);
         let task = self.ctx.task;
         let draw = |policy: &dyn Policy, count: i64, seed: u64| {
+            crate::failpoint::hit("sample");
             sample(
                 policy,
                 prompts,

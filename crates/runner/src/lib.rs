@@ -2,7 +2,9 @@
 //! names, train one policy per run, evaluate, and write `results/<name>/`.
 
 pub mod check;
+pub mod checkpoint;
 pub mod evaluate;
+pub mod outdir;
 pub mod report;
 pub mod sft;
 pub mod stages;
@@ -16,6 +18,7 @@ use align_core::policy::frozen_copy;
 use align_core::{EvalContext, Metrics, ModelContext, Policy, TaskContext};
 use align_report::format::{RunRecord, RunsFile, SampleRecord};
 use anyhow::Context;
+use train::StepLog;
 
 // Links every plugin crate so its `inventory` registrations survive: build.rs
 // writes one `use <crate> as _;` per dependency whose Cargo.toml declares
@@ -87,10 +90,39 @@ fn metric_pairs(m: &Metrics) -> Vec<(String, Option<f64>)> {
 }
 
 /// Runs every run of `manifest` at each of its seeds, writing results into
-/// `out_dir`: runs.json, samples/, steps/, then every table, plot and the
-/// report, recomputed from those files.
+/// `out_dir` (locked, and refused if it holds an unfinished or another
+/// manifest's run): runs.json, samples/, steps/, then every table, plot and
+/// the report, recomputed from those files.
 pub fn run(manifest: &Manifest, out_dir: &Path, progress: bool) -> anyhow::Result<Outcome> {
+    let mut out = outdir::OutDir::lock(out_dir)?;
+    run_locked(manifest, &mut out, progress, false)
+}
+
+/// [`run`] into a directory already locked; `resume` continues an unfinished
+/// run of this manifest there (finished runs are read back, the others go on
+/// from their last checkpoint). The directory's marker ends `finished`, or
+/// `failed` with the error.
+pub fn run_locked(
+    manifest: &Manifest,
+    out: &mut outdir::OutDir,
+    progress: bool,
+    resume: bool,
+) -> anyhow::Result<Outcome> {
     check_run_names(manifest)?;
+    out.begin(&manifest.name, &manifest.resolved_toml(), resume)?;
+    match run_in(manifest, out.path(), progress) {
+        Ok(outcome) => {
+            out.finish()?;
+            Ok(outcome)
+        }
+        Err(e) => {
+            out.fail(&e);
+            Err(e)
+        }
+    }
+}
+
+fn run_in(manifest: &Manifest, out_dir: &Path, progress: bool) -> anyhow::Result<Outcome> {
     if let Some(t) = manifest.threads {
         tch::set_num_threads(t);
     }
@@ -179,7 +211,7 @@ pub fn run(manifest: &Manifest, out_dir: &Path, progress: bool) -> anyhow::Resul
     for run in &manifest.runs {
         results.push((run.name.clone(), RunResults::new()));
     }
-    let mut steps_logs: Vec<Vec<(u64, train::StepLog)>> = vec![Vec::new(); manifest.runs.len()];
+    let mut steps_logs: Vec<Vec<(u64, StepLog)>> = vec![Vec::new(); manifest.runs.len()];
     align_core::io::write_atomic(
         &out_dir.join("manifest.resolved.toml"),
         manifest.resolved_toml().as_bytes(),
@@ -193,102 +225,82 @@ pub fn run(manifest: &Manifest, out_dir: &Path, progress: bool) -> anyhow::Resul
     };
 
     // Seed by seed, so that an interrupted experiment has every method at the
-    // seeds it finished; the results on disk are rewritten after each run.
+    // seeds it finished; the results on disk are rewritten after each run,
+    // and each run's checkpoint lets `--resume` skip or continue it.
     let mut markdown = String::new();
     for &seed in &manifest.seeds {
-        let at = evaluate::Point {
-            run: "prior",
-            seed,
-            step: 0,
+        let prior_dir = checkpoint::dir(out_dir, "prior", seed);
+        let done = match checkpoint::load_finished(&prior_dir)? {
+            Some(done) => done,
+            None => {
+                let at = evaluate::Point {
+                    run: "prior",
+                    seed,
+                    step: 0,
+                };
+                let judged = evaluate::evaluate(manifest, &eval_ctx, prior.as_ref(), &at)?;
+                let done = checkpoint::Finished {
+                    record: record("prior", "-", seed, 0, 0.0, &judged, vec![0]),
+                    samples: judged.records,
+                    log: StepLog::new(),
+                    metrics: judged.metrics,
+                };
+                checkpoint::save_finished(&prior_dir, None, &done)?;
+                done
+            }
         };
-        let judged = evaluate::evaluate(manifest, &eval_ctx, prior.as_ref(), &at)?;
-        let prior_results = &mut results[1].1;
-        prior_results
-            .records
-            .push(record("prior", "-", seed, 0, 0.0, &judged, vec![0]));
         rows.push(Row {
             name: "prior".into(),
             estimator: "-".into(),
             seed: Some(seed),
             steps: 0,
             seconds: 0.0,
-            metrics: judged.metrics.clone(),
+            metrics: done.metrics,
         });
-        prior_results.samples.extend(judged.records);
+        let prior_results = &mut results[1].1;
+        prior_results.records.push(done.record);
+        prior_results.samples.extend(done.samples);
         markdown = flush(out_dir, &runs_file, &results)?;
 
         for (i, run) in manifest.runs.iter().enumerate() {
-            let started = Instant::now();
-            let mut policy =
-                frozen_copy(manifest.model.value.as_ref(), &model_ctx, prior.as_ref())?;
-            policy.var_store_mut().unfreeze();
-            let setup = train::Setup {
-                manifest,
-                run,
-                task: task.as_ref(),
-                model_ctx: &model_ctx,
-                prior: prior.as_ref(),
-                reward: reward.as_ref(),
-                codec: codec.as_deref(),
-                seed,
-            };
-            let mut eval_steps = Vec::new();
-            let mut samples = Vec::new();
-            let mut at_step = |policy: &dyn Policy, step: usize| -> anyhow::Result<Metrics> {
-                let at = evaluate::Point {
-                    run: &run.name,
-                    seed,
-                    step,
-                };
-                let judged = evaluate::evaluate(manifest, &eval_ctx, policy, &at)?;
-                eval_steps.push(step);
-                samples.extend(judged.records);
-                Ok(judged.metrics)
-            };
-            let mut log = train::train(&setup, policy.as_mut(), &mut at_step, progress)
-                .with_context(|| format!("training run `{}` (seed {seed})", run.name))?;
-            let at = evaluate::Point {
-                run: &run.name,
-                seed,
-                step: run.steps,
-            };
-            let judged = evaluate::evaluate(manifest, &eval_ctx, policy.as_ref(), &at)
-                .with_context(|| format!("evaluating run `{}` (seed {seed})", run.name))?;
-            if manifest.train.eval_every > 0 {
-                if let Some((_, last)) = log.last_mut() {
-                    last.extend(&judged.metrics);
+            let dir = checkpoint::dir(out_dir, &run.name, seed);
+            let done = match checkpoint::load_finished(&dir)? {
+                Some(done) => done,
+                None => {
+                    let setup = train::Setup {
+                        manifest,
+                        run,
+                        task: task.as_ref(),
+                        model_ctx: &model_ctx,
+                        prior: prior.as_ref(),
+                        reward: reward.as_ref(),
+                        codec: codec.as_deref(),
+                        seed,
+                    };
+                    let done = train_run(&setup, &eval_ctx, &dir, progress)
+                        .with_context(|| format!("run `{}` (seed {seed})", run.name))?;
+                    if progress {
+                        // One line per finished run, also where the bars are hidden (no TTY).
+                        eprintln!(
+                            "  {} (seed {seed}): {} steps in {:.0} s",
+                            run.name, done.record.steps, done.record.seconds
+                        );
+                    }
+                    done
                 }
-            }
-            eval_steps.push(run.steps);
-            let seconds = started.elapsed().as_secs_f64();
-            if progress {
-                // One line per finished run, also where the bars are hidden (no TTY).
-                eprintln!(
-                    "  {} (seed {seed}): {} steps in {seconds:.0} s",
-                    run.name, run.steps
-                );
-            }
-            let run_results = &mut results[2 + i].1;
-            run_results.records.push(record(
-                &run.name,
-                &run.estimator.plugin,
-                seed,
-                run.steps,
-                seconds,
-                &judged,
-                eval_steps,
-            ));
-            run_results.samples.extend(samples);
-            run_results.samples.extend(judged.records);
+            };
             rows.push(Row {
                 name: run.name.clone(),
                 estimator: run.estimator.plugin.clone(),
                 seed: Some(seed),
-                steps: run.steps,
-                seconds,
-                metrics: judged.metrics,
+                steps: done.record.steps,
+                seconds: done.record.seconds,
+                metrics: done.metrics,
             });
-            steps_logs[i].push((seed, log));
+            let run_results = &mut results[2 + i].1;
+            run_results.records.push(done.record);
+            run_results.samples.extend(done.samples);
+            steps_logs[i].push((seed, done.log));
             report::write_steps(out_dir, &run.name, &steps_logs[i])?;
             markdown = flush(out_dir, &runs_file, &results)?;
         }
@@ -298,6 +310,124 @@ pub fn run(manifest: &Manifest, out_dir: &Path, progress: bool) -> anyhow::Resul
         out_dir: out_dir.to_path_buf(),
         markdown,
     })
+}
+
+/// Evaluations as the loop asks for them, and checkpoints into `dir` with
+/// every evaluation so far.
+struct RunHooks<'a> {
+    manifest: &'a Manifest,
+    eval_ctx: &'a EvalContext<'a>,
+    run: &'a str,
+    seed: u64,
+    dir: &'a Path,
+    evaluated: checkpoint::Evaluated,
+    started: Instant,
+}
+
+impl RunHooks<'_> {
+    fn seconds(&self) -> f64 {
+        self.evaluated.seconds + self.started.elapsed().as_secs_f64()
+    }
+}
+
+impl train::Hooks for RunHooks<'_> {
+    fn evaluate(&mut self, policy: &dyn Policy, step: usize) -> anyhow::Result<Metrics> {
+        let at = evaluate::Point {
+            run: self.run,
+            seed: self.seed,
+            step,
+        };
+        let judged = evaluate::evaluate(self.manifest, self.eval_ctx, policy, &at)?;
+        self.evaluated.eval_steps.push(step);
+        self.evaluated.samples.extend(judged.records);
+        Ok(judged.metrics)
+    }
+
+    fn checkpoint(&mut self, policy: &dyn Policy, at: &train::Snapshot) -> anyhow::Result<()> {
+        let evaluated = checkpoint::Evaluated {
+            seconds: self.seconds(),
+            ..self.evaluated.clone()
+        };
+        checkpoint::save(self.dir, self.run, self.seed, policy, at, &evaluated)
+    }
+}
+
+/// Trains one run at one seed from its checkpoint in `dir` (or from the
+/// start), evaluates it, and leaves its final checkpoint there.
+fn train_run(
+    s: &train::Setup,
+    eval_ctx: &EvalContext,
+    dir: &Path,
+    progress: bool,
+) -> anyhow::Result<checkpoint::Finished> {
+    let (manifest, run, seed) = (s.manifest, s.run, s.seed);
+    let model = manifest.model.value.as_ref();
+    let mut policy = frozen_copy(model, s.model_ctx, s.prior)?;
+    policy.var_store_mut().unfreeze();
+    let restored = checkpoint::load(dir, &run.name, seed, policy.as_mut(), || {
+        frozen_copy(model, s.model_ctx, s.prior)
+    })?;
+    let (start, evaluated) = match restored {
+        Some(r) => {
+            eprintln!(
+                "  {} (seed {seed}): resuming at step {} of {}",
+                run.name, r.progress.step, run.steps
+            );
+            (r.progress, r.evaluated)
+        }
+        None => Default::default(),
+    };
+    let mut hooks = RunHooks {
+        manifest,
+        eval_ctx,
+        run: &run.name,
+        seed,
+        dir,
+        evaluated,
+        started: Instant::now(),
+    };
+    let mut trained =
+        train::train(s, policy.as_mut(), start, &mut hooks, progress).context("training")?;
+    let at = evaluate::Point {
+        run: &run.name,
+        seed,
+        step: trained.step,
+    };
+    let mut judged =
+        evaluate::evaluate(manifest, eval_ctx, policy.as_ref(), &at).context("evaluating")?;
+    if manifest.train.eval_every > 0 || trained.stopped {
+        if let Some((_, last)) = trained.log.last_mut() {
+            last.extend(&judged.metrics);
+        }
+    }
+    if trained.nonfinite_steps > 0 {
+        // Run-level, so it reaches the summary (only where it happened).
+        judged
+            .metrics
+            .set("nonfinite_steps", trained.nonfinite_steps as f64);
+    }
+    let mut eval_steps = hooks.evaluated.eval_steps.clone();
+    eval_steps.push(trained.step);
+    let seconds = hooks.seconds();
+    let record = record(
+        &run.name,
+        &run.estimator.plugin,
+        seed,
+        trained.step,
+        seconds,
+        &judged,
+        eval_steps,
+    );
+    let mut samples = std::mem::take(&mut hooks.evaluated.samples);
+    samples.extend(judged.records);
+    let done = checkpoint::Finished {
+        record,
+        samples,
+        log: trained.log,
+        metrics: judged.metrics,
+    };
+    checkpoint::save_finished(dir, Some(policy.as_ref()), &done)?;
+    Ok(done)
 }
 
 /// Writes every judged sample and `runs.json` so far, then the tables, plots
@@ -313,6 +443,7 @@ fn flush(
         if !r.samples.is_empty() {
             let file = align_report::format::samples_path(name);
             align_report::format::write_samples(out_dir, &file, &r.samples)?;
+            align_core::failpoint::hit("write");
             for rec in &mut records {
                 rec.samples = Some(file.clone());
             }

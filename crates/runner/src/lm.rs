@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use align_core::io::{read_jsonl, AtomicFile};
+use align_core::io::{check_writable, read_jsonl_numbered, AtomicFile};
 use align_core::logprob::policy_logprobs;
 use align_core::sampling::{sample, SampleBatch};
 use align_core::task::Prompt;
@@ -45,6 +45,16 @@ impl ModelArgs {
     }
 }
 
+/// The error for a model output that is NaN or infinite: `what` (at
+/// `at`, the input file and line) under the model `model`.
+fn not_finite(at: String, model: &std::path::Path, what: String) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{at}: the model {} gives {what}, which is not finite: its weights or activations \
+         hold NaN or infinities (check the checkpoint; with --dtype f16 or bf16, try f32)",
+        model.display()
+    )
+}
+
 fn tokenizer(lm: &LanguageModel) -> anyhow::Result<&TextTokenizer> {
     lm.tokenizer.as_ref().with_context(|| {
         format!(
@@ -81,26 +91,31 @@ struct LogprobLine {
 
 /// `log p(completion | prompt)` per line: the prompt is tokenised with the
 /// tokenizer's usual special tokens, the completion without any, and the
-/// completion ids are appended to the prompt's.
+/// completion ids are appended to the prompt's. A log-prob that is not
+/// finite is an error naming the model and the input line, and nothing is
+/// written.
 pub fn logprobs(args: &LogprobsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let lines: Vec<PairLine> = read_jsonl(&args.input)?;
+    let lines: Vec<(usize, PairLine)> = read_jsonl_numbered(&args.input)?;
     let (lm, device) = args.model.load()?;
     let tok = tokenizer(&lm)?;
     let _guard = tch::no_grad_guard();
     let mut rows = Vec::with_capacity(lines.len());
-    for (i, l) in lines.iter().enumerate() {
+    let mut numbers = Vec::with_capacity(lines.len());
+    for (line, l) in &lines {
         let p = tok.encode(&l.prompt, true)?;
         let c = tok.encode(&l.completion, false)?;
         if p.is_empty() && !c.is_empty() {
             bail!(
-                "{}:{}: the prompt has no tokens, so the first completion token has no context to be scored in",
+                "{}:{line}: the prompt has no tokens, so the first completion token has no context to be scored in",
                 args.input.display(),
-                i + 1
             );
         }
         rows.push((Prompt { ids: p, text: None }, c));
+        numbers.push(*line);
     }
-    for chunk in rows.chunks(args.batch_size.max(1)) {
+    let per = args.batch_size.max(1);
+    let mut text = String::new();
+    for (chunk, numbers) in rows.chunks(per).zip(numbers.chunks(per)) {
         let longest = chunk
             .iter()
             .map(|(p, c)| p.ids.len() + c.len())
@@ -119,14 +134,24 @@ pub fn logprobs(args: &LogprobsArgs, out: &mut dyn Write) -> anyhow::Result<()> 
                     .to_device(Device::Cpu),
             )?
         };
-        for ((_, c), logprob) in chunk.iter().zip(lps) {
+        for (((_, c), logprob), number) in chunk.iter().zip(lps).zip(numbers) {
+            if !logprob.is_finite() {
+                return Err(not_finite(
+                    format!("{}:{number}", args.input.display()),
+                    &args.model.model,
+                    format!("the completion the log-probability {logprob}"),
+                ));
+            }
             let line = LogprobLine {
                 logprob,
                 tokens: c.len(),
             };
-            writeln!(out, "{}", serde_json::to_string(&line)?)?;
+            text += &serde_json::to_string(&line)?;
+            text.push('\n');
         }
     }
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
     Ok(())
 }
 
@@ -212,7 +237,10 @@ pub fn sample_cmd(args: &SampleArgs) -> anyhow::Result<()> {
     if args.n < 1 || args.max_new_tokens < 1 {
         bail!("--n and --max-new-tokens must be ≥ 1");
     }
-    let lines: Vec<PromptLine> = read_jsonl(&args.prompts)?;
+    // Before the model loads: a bad --out fails now, not after sampling.
+    check_writable(&args.out).context("--out")?;
+    let numbered: Vec<(usize, PromptLine)> = read_jsonl_numbered(&args.prompts)?;
+    let (numbers, lines): (Vec<usize>, Vec<PromptLine>) = numbered.into_iter().unzip();
     let (lm, _) = args.model.load()?;
     let tok = tokenizer(&lm)?;
     let eos = if args.ignore_eos {
@@ -233,7 +261,7 @@ pub fn sample_cmd(args: &SampleArgs) -> anyhow::Result<()> {
         bail!(
             "{}:{}: the prompt has no tokens",
             args.prompts.display(),
-            i + 1
+            numbers[i]
         );
     }
     let mut out = AtomicFile::create(&args.out)?;
@@ -271,6 +299,17 @@ pub fn sample_cmd(args: &SampleArgs) -> anyhow::Result<()> {
         )?;
         for (row, ids) in batch.completions().into_iter().enumerate() {
             let p = batch.prompt_index[row];
+            let (q, m) = (proposal[row], model[row]);
+            if !(q.is_finite() && m.is_finite()) {
+                return Err(not_finite(
+                    format!("{}:{}", args.prompts.display(), numbers[c * per + p]),
+                    &args.model.model,
+                    format!(
+                        "sample {} the log-densities proposal_logp = {q}, model_logp = {m}",
+                        row % args.n as usize
+                    ),
+                ));
+            }
             let finished = eos.is_some() && ids.last().copied() == eos;
             let text_ids = if finished {
                 &ids[..ids.len() - 1]
@@ -286,8 +325,8 @@ pub fn sample_cmd(args: &SampleArgs) -> anyhow::Result<()> {
                 tokens: ids.len(),
                 token_ids: ids,
                 finished,
-                proposal_logp: proposal[row],
-                model_logp: model[row],
+                proposal_logp: q,
+                model_logp: m,
             };
             writeln!(out, "{}", serde_json::to_string(&line)?)?;
         }

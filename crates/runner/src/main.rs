@@ -39,6 +39,11 @@ struct Cli {
     /// its work; train nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Continue an interrupted run of this manifest in its output directory:
+    /// finished runs are kept, the others go on from their last checkpoint
+    /// (`train.checkpoint_every`).
+    #[arg(long, conflicts_with = "dry_run")]
+    resume: bool,
 }
 
 #[derive(Subcommand)]
@@ -127,7 +132,14 @@ fn main() -> ExitCode {
         },
         Some(Command::Score(a)) => Some(rm::score(a)),
         Some(Command::Tables(a)) => Some(tables(&a.dir)),
-        Some(Command::Check(a)) => return experiment(&a.manifest, &a.overrides, None, true, true),
+        Some(Command::Check(a)) => {
+            let how = How {
+                dry_run: true,
+                quiet: true,
+                resume: false,
+            };
+            return experiment(&a.manifest, &a.overrides, None, how);
+        }
         None => None,
     };
     if let Some(result) = lm_result {
@@ -145,7 +157,37 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     };
-    experiment(&path, &cli.overrides, cli.out, cli.dry_run, cli.quiet)
+    let how = How {
+        dry_run: cli.dry_run,
+        quiet: cli.quiet,
+        resume: cli.resume,
+    };
+    experiment(&path, &cli.overrides, cli.out, how)
+}
+
+/// How `experiment` runs a manifest.
+#[derive(Clone, Copy)]
+struct How {
+    dry_run: bool,
+    quiet: bool,
+    resume: bool,
+}
+
+/// A name that stays inside `results/` (the loader says what is wrong with
+/// any other).
+fn plain_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
+}
+
+/// The manifest's `name` as written (before its plugins are built, which may
+/// need the stages): the default output directory is `results/<name>`.
+fn manifest_name(path: &Path, overrides: &[String]) -> Option<String> {
+    if let Some(v) = overrides.iter().find_map(|o| o.strip_prefix("name=")) {
+        return Some(v.trim_matches('"').to_string());
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    let table: toml::Table = text.parse().ok()?;
+    table.get("name")?.as_str().map(str::to_string)
 }
 
 fn tables(dir: &Path) -> anyhow::Result<()> {
@@ -167,17 +209,32 @@ fn tables(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Stages, then the manifest's runs (or, with `dry_run`, only the checks).
-fn experiment(
-    path: &Path,
-    overrides: &[String],
-    out: Option<PathBuf>,
-    dry_run: bool,
-    quiet: bool,
-) -> ExitCode {
+fn experiment(path: &Path, overrides: &[String], out: Option<PathBuf>, how: How) -> ExitCode {
+    let How {
+        dry_run,
+        quiet,
+        resume,
+    } = how;
     let fail = |e: anyhow::Error| {
         eprintln!("error: {e:#}");
         ExitCode::FAILURE
     };
+    // The output directory is locked (and so known writable) before any
+    // work: a second writer, or a directory that cannot be written, fails
+    // here, not after the stages have trained. A manifest without a
+    // readable name is the loader's to report, below.
+    let early = out.clone().or_else(|| {
+        manifest_name(path, overrides)
+            .filter(|n| plain_name(n))
+            .map(|n| PathBuf::from("results").join(n))
+    });
+    let mut locked = None;
+    if let (false, Some(dir)) = (dry_run, &early) {
+        match runner::outdir::OutDir::lock(dir) {
+            Ok(l) => locked = Some(l),
+            Err(e) => return fail(e),
+        }
+    }
     // Stages come first: the plugins read what they write.
     let stages = match Manifest::stages(path, overrides)
         .and_then(|s| runner::stages::load(&s.reward_models))
@@ -229,15 +286,25 @@ fn experiment(
             Err(e) => fail(e),
         };
     }
-    let out = out.unwrap_or_else(|| PathBuf::from("results").join(&manifest.name));
+    let mut locked = match locked {
+        Some(l) => l,
+        None => {
+            let dir = out.unwrap_or_else(|| PathBuf::from("results").join(&manifest.name));
+            match runner::outdir::OutDir::lock(&dir) {
+                Ok(l) => l,
+                Err(e) => return fail(e),
+            }
+        }
+    };
     eprintln!(
-        "running {} ({} runs × {} seed(s)) → {}",
+        "{} {} ({} runs × {} seed(s)) → {}",
+        if resume { "resuming" } else { "running" },
         path.display(),
         manifest.runs.len(),
         manifest.seeds.len(),
-        out.display()
+        locked.path().display()
     );
-    match runner::run(&manifest, &out, !quiet) {
+    match runner::run_locked(&manifest, &mut locked, !quiet, resume) {
         Ok(outcome) => {
             print!("{}", outcome.markdown);
             eprintln!(

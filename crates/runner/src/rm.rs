@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use align_core::build::{build_plugin, BuildError};
-use align_core::io::{read_jsonl_numbered, AtomicFile};
+use align_core::io::{check_writable, read_jsonl_numbered, AtomicFile};
 use align_core::registry::{PluginKind, Registry};
 use align_core::{DeviceChoice, GoodnessModel, RewardModel, RewardSpec, SampleBatch, SampleText};
 use align_rewards::hf_rm::ScoredText;
@@ -116,7 +116,22 @@ fn rewards(reward: &dyn RewardModel, texts: Vec<SampleText>) -> anyhow::Result<V
     Ok(r)
 }
 
+/// A reward, or log-goodness, that is not finite: an error naming the
+/// reward (or goodness) model and the input line, never a `null`.
+/// `gives` says who gives what, e.g. "the reward R gives this sample a reward".
+fn check_finite(at: &str, gives: impl Fn() -> String, v: f32) -> anyhow::Result<()> {
+    ensure!(
+        v.is_finite(),
+        "{at}: {} of {v}, which is not finite: the model's weights or activations \
+         hold NaN or infinities (check the checkpoint)",
+        gives()
+    );
+    Ok(())
+}
+
 pub fn score(args: &ScoreArgs) -> anyhow::Result<()> {
+    // Before any model loads: a bad --out fails now, not after scoring.
+    check_writable(&args.out).context("--out")?;
     let goodness = goodness_model(args)?;
     let needs_reference = goodness.needs_reference();
     let reward = reward_spec(args)?.build(args.device.resolve()?)?;
@@ -144,23 +159,46 @@ pub fn score(args: &ScoreArgs) -> anyhow::Result<()> {
         } else {
             None
         };
-        records.push((v, sample, reference));
+        records.push((line, v, sample, reference));
     }
 
     let bar = align_core::progress::bar(!args.quiet, records.len() as u64, "score", "samples");
     let mut out = AtomicFile::create(&args.out)?;
     for chunk in records.chunks(args.batch_size.max(1) * 8) {
-        let rewards_of = rewards(reward.as_ref(), chunk.iter().map(|r| r.1.clone()).collect())?;
+        let at = |line: &usize| format!("{}:{line}", args.input.display());
+        let by = |whom: &str| format!("the reward {} gives {whom} a reward", args.reward);
+        let rewards_of = rewards(reward.as_ref(), chunk.iter().map(|r| r.2.clone()).collect())?;
+        for ((line, ..), &r) in chunk.iter().zip(&rewards_of) {
+            check_finite(&at(line), || by("this sample"), r)?;
+        }
         let reference = if needs_reference {
-            let refs = chunk.iter().filter_map(|r| r.2.clone()).collect();
-            Some(Tensor::from_slice(&rewards(reward.as_ref(), refs)?))
+            let refs = chunk.iter().filter_map(|r| r.3.clone()).collect();
+            let r = rewards(reward.as_ref(), refs)?;
+            for ((line, ..), &r) in chunk.iter().zip(&r) {
+                check_finite(&at(line), || by("its `reference`"), r)?;
+            }
+            Some(Tensor::from_slice(&r))
         } else {
             None
         };
         let r = Tensor::from_slice(&rewards_of);
         let g = goodness.log_goodness(&r, reference.as_ref())?;
-        let g: Vec<f32> = Vec::try_from(g.to_device(Device::Cpu))?;
-        for ((rec, _, _), (reward, lg)) in chunk.iter().zip(rewards_of.iter().zip(g)) {
+        let g: Vec<f32> = Vec::try_from(g.to_kind(Kind::Float).to_device(Device::Cpu).view([-1]))?;
+        ensure!(
+            g.len() == chunk.len(),
+            "goodness `{}` gave {} values for {} samples",
+            args.goodness,
+            g.len(),
+            chunk.len()
+        );
+        for ((line, rec, _, _), (reward, lg)) in chunk.iter().zip(rewards_of.iter().zip(g)) {
+            let gives = || {
+                format!(
+                    "goodness `{}` (tau {}) gives this sample a log-goodness",
+                    args.goodness, args.tau
+                )
+            };
+            check_finite(&at(line), gives, lg)?;
             let mut rec = rec.clone();
             rec.insert("reward".into(), serde_json::json!(reward));
             rec.insert("log_goodness".into(), serde_json::json!(lg));

@@ -1,14 +1,14 @@
 //! The one flat training loop every estimator goes through: refresh the
 //! proposal, build the inputs the estimator's data plan declares, take a step
-//! on its loss, log.
+//! on its loss, log, checkpoint.
 
 use align_core::batcher::{BatchContext, Batcher};
-use align_core::manifest::{Manifest, Optimizer, Run};
+use align_core::manifest::{Manifest, OnNonfinite, Run};
+use align_core::optim::Optimizer;
 use align_core::policy::frozen_copy;
 use align_core::{Metrics, ModelContext, Policy, RewardModel, Task, TextCodec};
 use anyhow::Context;
-use tch::nn;
-use tch::nn::OptimizerConfig;
+use tch::Tensor;
 
 pub struct Setup<'a> {
     pub manifest: &'a Manifest,
@@ -25,22 +25,66 @@ pub struct Setup<'a> {
 /// Per-step metrics: `(step, metrics)`; evaluation metrics appear on eval steps.
 pub type StepLog = Vec<(usize, Metrics)>;
 
-/// Trains `policy` with the run's estimator: each step refreshes the proposal
+/// Where a run stands after some steps: everything a checkpoint holds.
+/// [`train`] starts from it and returns it; the policy's weights are the
+/// caller's (loaded into the policy before the call).
+#[derive(Default)]
+pub struct Progress {
+    /// Steps taken (the next step is this, 0-based).
+    pub step: usize,
+    pub log: StepLog,
+    /// Steps whose loss or gradient was not finite (none applied).
+    pub nonfinite_steps: usize,
+    /// `train.on_nonfinite = "stop"` ended the run at this step.
+    pub stopped: bool,
+    /// Optimizer steps and moments (empty before the first step).
+    pub optimizer_steps: u64,
+    pub optimizer_state: Vec<(String, Tensor)>,
+    /// The proposal's weights when it is no longer the prior.
+    pub proposal: Option<Box<dyn Policy>>,
+}
+
+/// What the loop asks of its caller.
+pub trait Hooks {
+    /// Runs the evaluators on `policy` after `step` steps.
+    fn evaluate(&mut self, policy: &dyn Policy, step: usize) -> anyhow::Result<Metrics>;
+
+    /// Saves a checkpoint: `policy` after `at.step` steps.
+    fn checkpoint(&mut self, policy: &dyn Policy, at: &Snapshot) -> anyhow::Result<()>;
+}
+
+/// What a checkpoint saves beside the policy's weights.
+pub struct Snapshot<'a> {
+    pub step: usize,
+    pub log: &'a StepLog,
+    pub nonfinite_steps: usize,
+    pub optimizer_steps: u64,
+    /// The optimizer's moments by name.
+    pub optimizer_state: Vec<(String, Tensor)>,
+    /// The proposal when it is no longer the prior.
+    pub proposal: Option<&'a dyn Policy>,
+}
+
+/// Trains `policy` with the run's estimator from `progress` (a fresh one or a
+/// checkpoint's) to the run's last step: each step refreshes the proposal
 /// when the plan says so, builds the inputs the plan declares, and takes one
-/// optimizer step on the estimator's loss. `evaluate(policy, step)` runs every
-/// `train.eval_every` steps before the last.
+/// optimizer step on the estimator's loss. Every `train.eval_every` steps
+/// before the last it evaluates, every `train.checkpoint_every` it saves.
 pub fn train(
     s: &Setup,
     policy: &mut dyn Policy,
-    evaluate: &mut dyn FnMut(&dyn Policy, usize) -> anyhow::Result<Metrics>,
-    progress: bool,
-) -> anyhow::Result<StepLog> {
+    mut progress: Progress,
+    hooks: &mut dyn Hooks,
+    show_progress: bool,
+) -> anyhow::Result<Progress> {
     let estimator = s.run.estimator.value.as_ref();
     let train = &s.manifest.train;
-    let mut opt = match train.optimizer {
-        Optimizer::Adam => nn::Adam::default().build(policy.var_store(), s.run.lr)?,
-        Optimizer::Sgd => nn::Sgd::default().build(policy.var_store(), s.run.lr)?,
-    };
+    let mut opt = Optimizer::new(train.optimizer, policy.var_store(), s.run.lr)?;
+    opt.load_state(
+        progress.optimizer_steps,
+        std::mem::take(&mut progress.optimizer_state),
+    )
+    .context("restoring the optimizer from the checkpoint")?;
     let context = BatchContext {
         task: s.task,
         prior: s.prior,
@@ -53,25 +97,70 @@ pub fn train(
     };
     let mut batcher = Batcher::new(context, estimator.plan())
         .with_context(|| format!("estimator `{}`", s.run.estimator.plugin))?;
-    let bar = align_core::progress::bar(progress, s.run.steps as u64, &s.run.name, "steps");
-    let mut log = StepLog::new();
-    for step in 0..s.run.steps {
+    batcher.skip(progress.step);
+    if let Some(q) = progress.proposal.take() {
+        batcher.set_proposal(q);
+    }
+    let bar = align_core::progress::bar(show_progress, s.run.steps as u64, &s.run.name, "steps");
+    bar.inc(progress.step as u64);
+    for step in progress.step..s.run.steps {
         if batcher.plan().refreshes_at(step) {
             let model = s.manifest.model.value.as_ref();
             batcher.set_proposal(frozen_copy(model, s.model_ctx, policy)?);
         }
         let inputs = batcher.next(step, policy)?;
         let (loss, mut metrics) = estimator.loss(&inputs.groups);
-        opt.backward_step(&loss);
-
+        opt.zero_grad();
+        loss.backward();
+        align_core::failpoint::hit("train-step");
         metrics.set("reward_mean", inputs.reward_mean); // over every candidate
-                                                        // The final evaluation is the caller's.
-        if train.eval_every > 0 && (step + 1) % train.eval_every == 0 && step + 1 < s.run.steps {
-            metrics.extend(&evaluate(policy, step + 1)?);
+        let loss_value = loss.double_value(&[]);
+        if loss_value.is_finite() && opt.grads_finite() && opt.update_is_finite() {
+            opt.step();
+        } else {
+            // Not applied: the weights stay those of the last good step
+            // (an update that would overflow them counts too).
+            opt.zero_grad();
+            progress.nonfinite_steps += 1;
+            metrics.set("nonfinite", 1.0);
+            if train.on_nonfinite == OnNonfinite::Stop {
+                eprintln!(
+                    "  {} (seed {}): step {} has a non-finite loss, gradient or update (loss {loss_value}); \
+                     stopping the run there (train.on_nonfinite = \"stop\"; \"skip\" would go on)",
+                    s.run.name,
+                    s.seed,
+                    step + 1
+                );
+                progress.stopped = true;
+                progress.log.push((step + 1, metrics));
+                progress.step = step;
+                break;
+            }
         }
-        log.push((step + 1, metrics));
+
+        // The final evaluation is the caller's.
+        if train.eval_every > 0 && (step + 1) % train.eval_every == 0 && step + 1 < s.run.steps {
+            metrics.extend(&hooks.evaluate(policy, step + 1)?);
+        }
+        progress.log.push((step + 1, metrics));
+        progress.step = step + 1;
         bar.inc(1);
+        if train.checkpoint_every > 0
+            && progress.step % train.checkpoint_every == 0
+            && progress.step < s.run.steps
+        {
+            let at = Snapshot {
+                step: progress.step,
+                log: &progress.log,
+                nonfinite_steps: progress.nonfinite_steps,
+                optimizer_steps: opt.steps(),
+                optimizer_state: opt.state(),
+                proposal: batcher.proposal(),
+            };
+            hooks.checkpoint(policy, &at)?;
+        }
     }
     bar.finish_and_clear();
-    Ok(log)
+    progress.optimizer_steps = opt.steps();
+    Ok(progress)
 }

@@ -1,0 +1,364 @@
+//! The optimizers the training loop steps, with their state in the open so a
+//! checkpoint can save it and `--resume` restore it exactly (tch's optimizers
+//! keep theirs inside C++, out of reach). Adam is `torch.optim.Adam`'s
+//! algorithm (no weight decay, no amsgrad): the same updates as the tch
+//! optimizer it replaces, to rounding.
+
+use std::collections::BTreeMap;
+
+use tch::{nn, Tensor};
+
+use crate::manifest::Optimizer as OptimizerKind;
+
+/// Adam's constants (PyTorch's defaults).
+const BETA1: f64 = 0.9;
+const BETA2: f64 = 0.999;
+const EPS: f64 = 1e-8;
+
+/// One trainable tensor and its moments (allocated on the first step, as
+/// PyTorch does).
+struct Param {
+    name: String,
+    value: Tensor,
+    exp_avg: Option<Tensor>,
+    exp_avg_sq: Option<Tensor>,
+}
+
+pub struct Optimizer {
+    kind: OptimizerKind,
+    lr: f64,
+    /// Optimizer steps taken (Adam's bias correction reads it).
+    steps: u64,
+    /// Sorted by name: the state's order does not depend on a hash map's.
+    params: Vec<Param>,
+}
+
+/// Adam's update of a weight from its moments at step `t` (1-based).
+fn adam_delta(m: &Tensor, v: &Tensor, lr: f64, t: f64) -> Tensor {
+    let bias_correction1 = 1.0 - BETA1.powf(t);
+    let bias_correction2 = 1.0 - BETA2.powf(t);
+    let denom = v.sqrt() / bias_correction2.sqrt() + EPS;
+    m / denom * -(lr / bias_correction1)
+}
+
+impl Optimizer {
+    /// Steps every variable of `vs` that requires a gradient.
+    pub fn new(kind: OptimizerKind, vs: &nn::VarStore, lr: f64) -> anyhow::Result<Optimizer> {
+        anyhow::ensure!(
+            lr.is_finite() && lr > 0.0,
+            "learning rate {lr} is not a finite positive number"
+        );
+        let named: BTreeMap<String, Tensor> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
+        let params = named
+            .into_iter()
+            .map(|(name, value)| Param {
+                name,
+                value,
+                exp_avg: None,
+                exp_avg_sq: None,
+            })
+            .collect();
+        Ok(Optimizer {
+            kind,
+            lr,
+            steps: 0,
+            params,
+        })
+    }
+
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    pub fn zero_grad(&mut self) {
+        for p in &mut self.params {
+            p.value.zero_grad();
+        }
+    }
+
+    /// Whether every gradient is finite (a missing gradient counts as zero).
+    pub fn grads_finite(&self) -> bool {
+        let _guard = tch::no_grad_guard();
+        self.params.iter().all(|p| {
+            let g = p.value.grad();
+            !g.defined() || g.isfinite().all().int64_value(&[]) != 0
+        })
+    }
+
+    /// One update from the gradients the last `backward` left.
+    pub fn step(&mut self) {
+        let _guard = tch::no_grad_guard();
+        self.steps += 1;
+        let (kind, lr, t) = (self.kind, self.lr, self.steps as f64);
+        for p in &mut self.params {
+            let grad = p.value.grad();
+            if !grad.defined() {
+                continue;
+            }
+            match kind {
+                OptimizerKind::Sgd => {
+                    let _ = p.value.g_add_(&(&grad * -lr));
+                }
+                OptimizerKind::Adam => {
+                    let m = p
+                        .exp_avg
+                        .get_or_insert_with(|| p.value.zeros_like().detach());
+                    let v = p
+                        .exp_avg_sq
+                        .get_or_insert_with(|| p.value.zeros_like().detach());
+                    let _ = m.lerp_(&grad, 1.0 - BETA1);
+                    let _ = v.g_mul_scalar_(BETA2);
+                    let _ = v.addcmul_(&(&grad * (1.0 - BETA2)), &grad);
+                    let _ = p.value.g_add_(&adam_delta(m, v, lr, t));
+                }
+            }
+        }
+    }
+
+    /// Whether the next [`step`](Self::step) would leave every weight and
+    /// moment finite, worked out on copies (one tensor at a time) without
+    /// changing anything: a step that would not is skipped, and the weights
+    /// stay those of the last good step.
+    pub fn update_is_finite(&self) -> bool {
+        let _guard = tch::no_grad_guard();
+        let (lr, t) = (self.lr, (self.steps + 1) as f64);
+        let finite = |x: &Tensor| x.isfinite().all().int64_value(&[]) != 0;
+        self.params.iter().all(|p| {
+            let grad = p.value.grad();
+            if !grad.defined() {
+                return true;
+            }
+            match self.kind {
+                OptimizerKind::Sgd => finite(&(&p.value + &grad * -lr)),
+                OptimizerKind::Adam => {
+                    let zeros = || p.value.zeros_like();
+                    let m = p.exp_avg.as_ref().map_or_else(zeros, |m| m.copy());
+                    let v = p.exp_avg_sq.as_ref().map_or_else(zeros, |v| v.copy());
+                    let m = m.lerp(&grad, 1.0 - BETA1);
+                    let v = v * BETA2 + &grad * &grad * (1.0 - BETA2);
+                    finite(&m) && finite(&v) && finite(&(&p.value + adam_delta(&m, &v, lr, t)))
+                }
+            }
+        })
+    }
+
+    /// `zero_grad`, `backward`, `step`.
+    pub fn backward_step(&mut self, loss: &Tensor) {
+        self.zero_grad();
+        loss.backward();
+        self.step();
+    }
+
+    /// The moments by name (`exp_avg.<var>`, `exp_avg_sq.<var>`), for a
+    /// checkpoint; the step count goes beside them.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for p in &self.params {
+            if let (Some(m), Some(v)) = (&p.exp_avg, &p.exp_avg_sq) {
+                out.push((format!("exp_avg.{}", p.name), m.shallow_clone()));
+                out.push((format!("exp_avg_sq.{}", p.name), v.shallow_clone()));
+            }
+        }
+        out
+    }
+
+    /// Restores what [`state`](Self::state) saved after `steps` steps. Every
+    /// moment must name a parameter of this optimizer with its shape and kind.
+    pub fn load_state(&mut self, steps: u64, state: Vec<(String, Tensor)>) -> anyhow::Result<()> {
+        let mut by_name: BTreeMap<String, Tensor> = state.into_iter().collect();
+        for p in &mut self.params {
+            let m = by_name.remove(&format!("exp_avg.{}", p.name));
+            let v = by_name.remove(&format!("exp_avg_sq.{}", p.name));
+            for t in m.iter().chain(v.iter()) {
+                anyhow::ensure!(
+                    t.size() == p.value.size() && t.kind() == p.value.kind(),
+                    "optimizer state of `{}` is {:?} {:?}, the parameter {:?} {:?}",
+                    p.name,
+                    t.kind(),
+                    t.size(),
+                    p.value.kind(),
+                    p.value.size()
+                );
+            }
+            anyhow::ensure!(
+                m.is_some() == v.is_some(),
+                "optimizer state of `{}` has one of its two moments",
+                p.name
+            );
+            let device = p.value.device();
+            p.exp_avg = m.map(|t| t.to_device(device));
+            p.exp_avg_sq = v.map(|t| t.to_device(device));
+        }
+        if let Some(name) = by_name.keys().next() {
+            anyhow::bail!("optimizer state `{name}` belongs to no parameter of this model");
+        }
+        self.steps = steps;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::nn::{Module, OptimizerConfig};
+    use tch::{Device, Kind};
+
+    /// A small MLP with fixed weights (no global RNG: tests run in parallel).
+    fn model(vs: &nn::VarStore) -> nn::Sequential {
+        let m = nn::seq()
+            .add(nn::linear(vs.root() / "a", 6, 8, Default::default()))
+            .add_fn(|x| x.tanh())
+            .add(nn::linear(vs.root() / "b", 8, 1, Default::default()));
+        let _guard = tch::no_grad_guard();
+        let mut named: Vec<_> = vs.variables().into_iter().collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        for (i, (_, mut t)) in named.into_iter().enumerate() {
+            let n = t.numel() as i64;
+            let values =
+                (Tensor::arange(n, (Kind::Float, Device::Cpu)) * 0.7 + i as f64).sin() * 0.5;
+            t.copy_(&values.view(t.size().as_slice()));
+        }
+        m
+    }
+
+    fn loss(m: &nn::Sequential, step: i64) -> Tensor {
+        let x = Tensor::arange(24, (Kind::Float, Device::Cpu)).view([4, 6]) / 10.0 + step as f64;
+        (m.forward(&x) - 1.0).square().mean(Kind::Float)
+    }
+
+    fn params(vs: &nn::VarStore) -> Vec<f64> {
+        let mut named: Vec<_> = vs.variables().into_iter().collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        named
+            .iter()
+            .flat_map(|(_, t)| Vec::<f64>::try_from(t.to_kind(Kind::Double).view([-1])).unwrap())
+            .collect()
+    }
+
+    /// The same updates as tch's (C++) Adam, to rounding.
+    #[test]
+    fn adam_matches_libtorch_adam() {
+        let ours = nn::VarStore::new(Device::Cpu);
+        let theirs = nn::VarStore::new(Device::Cpu);
+        let (a, b) = (model(&ours), model(&theirs));
+        assert_eq!(params(&ours), params(&theirs));
+        let mut opt = Optimizer::new(OptimizerKind::Adam, &ours, 0.01).unwrap();
+        let mut reference = nn::Adam::default().build(&theirs, 0.01).unwrap();
+        for step in 0..20 {
+            opt.backward_step(&loss(&a, step));
+            reference.backward_step(&loss(&b, step));
+        }
+        let (x, y) = (params(&ours), params(&theirs));
+        for (p, q) in x.iter().zip(&y) {
+            assert!((p - q).abs() <= 1e-6 * (1.0 + q.abs()), "{p} vs {q}");
+        }
+        // …and it moved them: the comparison is not of two untouched models.
+        let fresh = nn::VarStore::new(Device::Cpu);
+        let _ = model(&fresh);
+        assert!(params(&fresh)
+            .iter()
+            .zip(&x)
+            .any(|(p, q)| (p - q).abs() > 1e-3));
+    }
+
+    /// Saving the state after k steps and loading it into a fresh optimizer
+    /// continues exactly as the uninterrupted one does.
+    #[test]
+    fn adam_state_round_trips_exactly() {
+        let straight = nn::VarStore::new(Device::Cpu);
+        let a = model(&straight);
+        let mut opt = Optimizer::new(OptimizerKind::Adam, &straight, 0.01).unwrap();
+        for step in 0..10 {
+            opt.backward_step(&loss(&a, step));
+        }
+
+        let first = nn::VarStore::new(Device::Cpu);
+        let b = model(&first);
+        let mut o1 = Optimizer::new(OptimizerKind::Adam, &first, 0.01).unwrap();
+        for step in 0..4 {
+            o1.backward_step(&loss(&b, step));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (weights, state) = (
+            dir.path().join("w.safetensors"),
+            dir.path().join("o.safetensors"),
+        );
+        first.save(&weights).unwrap();
+        Tensor::write_safetensors(&o1.state(), &state).unwrap();
+        let steps = o1.steps();
+        drop(o1);
+
+        let mut second = nn::VarStore::new(Device::Cpu);
+        let c = model(&second);
+        second.load(&weights).unwrap();
+        let mut o2 = Optimizer::new(OptimizerKind::Adam, &second, 0.01).unwrap();
+        o2.load_state(steps, Tensor::read_safetensors(&state).unwrap())
+            .unwrap();
+        for step in 4..10 {
+            o2.backward_step(&loss(&c, step));
+        }
+        assert_eq!(params(&straight), params(&second));
+    }
+
+    #[test]
+    fn sgd_is_plain_gradient_descent() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let a = model(&vs);
+        let before = params(&vs);
+        let mut opt = Optimizer::new(OptimizerKind::Sgd, &vs, 0.1).unwrap();
+        opt.zero_grad();
+        loss(&a, 0).backward();
+        let mut grads: Vec<_> = vs.variables().into_iter().collect();
+        grads.sort_by(|x, y| x.0.cmp(&y.0));
+        let g: Vec<f64> = grads
+            .iter()
+            .flat_map(|(_, t)| {
+                Vec::<f64>::try_from(t.grad().to_kind(Kind::Double).view([-1])).unwrap()
+            })
+            .collect();
+        opt.step();
+        for ((p, q), g) in params(&vs).iter().zip(&before).zip(&g) {
+            assert!((p - (q - 0.1 * g)).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn non_finite_gradients_are_seen() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let a = model(&vs);
+        let mut opt = Optimizer::new(OptimizerKind::Adam, &vs, 0.1).unwrap();
+        opt.zero_grad();
+        loss(&a, 0).backward();
+        assert!(opt.grads_finite());
+        opt.zero_grad();
+        (loss(&a, 0) * f64::INFINITY).backward();
+        assert!(!opt.grads_finite());
+        assert!(!opt.update_is_finite());
+        assert!(Optimizer::new(OptimizerKind::Adam, &vs, f64::NAN).is_err());
+    }
+
+    /// Finite gradients, and a learning rate that sends the weights to
+    /// infinity: the step is seen to be bad before it changes anything.
+    #[test]
+    fn an_overflowing_update_is_seen_before_it_is_applied() {
+        for kind in [OptimizerKind::Sgd, OptimizerKind::Adam] {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let a = model(&vs);
+            let mut opt = Optimizer::new(kind, &vs, 1e300).unwrap();
+            opt.zero_grad();
+            loss(&a, 0).backward();
+            assert!(opt.grads_finite());
+            let before = params(&vs);
+            assert!(!opt.update_is_finite(), "{kind:?}");
+            assert_eq!(params(&vs), before, "checking changed nothing");
+            let mut sane = Optimizer::new(kind, &vs, 0.01).unwrap();
+            sane.zero_grad();
+            loss(&a, 0).backward();
+            assert!(sane.update_is_finite());
+        }
+    }
+}
