@@ -146,7 +146,7 @@ pub fn train(
         progress.step = step + 1;
         bar.inc(1);
         if train.checkpoint_every > 0
-            && progress.step % train.checkpoint_every == 0
+            && progress.step.is_multiple_of(train.checkpoint_every)
             && progress.step < s.run.steps
         {
             let at = Snapshot {
