@@ -16,7 +16,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use align_core::io::write_atomic;
+use align_core::io::{check_writable, check_writable_dir, write_atomic};
 use align_core::manifest::{DeviceChoice, InputPath, ManifestError, ManifestSource, OutputPath};
 use align_data::rm_examples::ExampleKind;
 pub use align_data::rm_examples::{PairFileData, RmData, RmExamples, SentimentRmData};
@@ -297,8 +297,13 @@ fn train_stage(
     progress: bool,
 ) -> anyhow::Result<(RmOutcome, StageRecord)> {
     let out = m.out.path();
-    // Refuse before hours of training, not after.
+    // Refuse before hours of training, not after: an `out` this pipeline
+    // did not write, or one (or a results directory) that cannot be written.
     out_state(out)?;
+    check_writable_dir(out).context("`out`")?;
+    for f in RESULT_FILES {
+        check_writable(&results_dir.join(f)).context("the results directory")?;
+    }
     let start = Instant::now();
     let (rm, epochs, held_out) = train_and_evaluate(m, progress)?;
     let seconds = start.elapsed().as_secs_f64();
@@ -450,6 +455,9 @@ fn stage_record(
         finished_unix,
     }
 }
+
+/// What [`write_results`] writes into the results directory.
+const RESULT_FILES: [&str; 3] = ["manifest.resolved.toml", "epochs.csv", "summary.md"];
 
 /// `manifest.resolved.toml`, `epochs.csv` and `summary.md` in `results/<name>/`.
 fn write_results(m: &RmManifest, outcome: &RmOutcome) -> anyhow::Result<()> {
@@ -659,7 +667,15 @@ enum OutState {
 fn out_state(out: &Path) -> anyhow::Result<OutState> {
     let meta = match std::fs::metadata(out) {
         Ok(meta) => meta,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(OutState::Free),
+        // Under a file: nothing there (the writability check says why not).
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return Ok(OutState::Free)
+        }
         Err(e) => {
             return Err(e).with_context(|| format!("{}: cannot inspect `out`", out.display()))
         }

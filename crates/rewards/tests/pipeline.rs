@@ -283,3 +283,99 @@ fn a_frozen_backbone_trains_the_head_on_a_subset() {
         .1;
     assert!(before.allclose(after, 0.0, 0.0, false), "the body moved");
 }
+
+/// `train_rm` (not only `ensure_trained`) refuses a regular file at `out`
+/// before any work: the file is untouched, nothing is left beside it, and no
+/// results are written.
+#[test]
+fn train_rm_refuses_a_file_out_and_leaves_nothing() {
+    let s = Setup::new();
+    let file_out = s.path("rm-file");
+    std::fs::write(&file_out, "a file").unwrap();
+    let before = s.entries();
+    let m = s.manifest(&["out=rm-file"]);
+    let err = format!("{:#}", train_rm(&m, &s.path("results"), false).unwrap_err());
+    assert!(
+        err.starts_with(&format!("{}: `out` is a file", file_out.display()))
+            && err.contains("refusing to replace it"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&file_out).unwrap(), "a file");
+    assert_eq!(s.entries(), before, "stray files beside `out`");
+}
+
+/// An `out` or results directory that cannot be written (under a regular
+/// file, which stops root too) is refused before the backbone loads: with a
+/// backbone whose weights cannot load, the error is still about the path.
+#[test]
+fn unwritable_out_or_results_fail_before_training() {
+    let s = Setup::new();
+    std::fs::write(s.path("blocker"), "x").unwrap();
+    std::fs::write(s.path("backbone/model.safetensors"), b"not safetensors").unwrap();
+    let before = s.entries();
+    let under = s.path("blocker/rm");
+    let m = s.manifest(&["out=blocker/rm"]);
+    for result in [
+        train_rm(&m, &s.path("results"), false).map(|_| ()),
+        ensure_trained(&m, &s.path("results"), false).map(|_| ()),
+    ] {
+        let err = format!("{:#}", result.unwrap_err());
+        assert_eq!(
+            err,
+            format!(
+                "`out`: {}: cannot be written: {} is not a directory",
+                under.display(),
+                s.path("blocker").display()
+            )
+        );
+    }
+    let m = s.manifest(&[]);
+    let err = format!(
+        "{:#}",
+        train_rm(&m, &s.path("blocker/results"), false).unwrap_err()
+    );
+    assert!(
+        err.starts_with("the results directory: ")
+            && err.contains(&s.path("blocker/results").display().to_string())
+            && err.ends_with(&format!(
+                "{} is not a directory",
+                s.path("blocker").display()
+            )),
+        "{err}"
+    );
+    assert_eq!(s.entries(), before);
+    // Where both can be written, the same call gets as far as the weights.
+    let err = format!("{:#}", train_rm(&m, &s.path("results"), false).unwrap_err());
+    assert!(err.contains("model.safetensors"), "{err}");
+    assert!(!s.path("rm").exists() && !s.path("results").exists());
+}
+
+/// A link at `out` to a model directory of ours is kept; the directory it
+/// points to is retrained in place.
+#[test]
+fn a_linked_out_is_followed_and_kept() {
+    let s = Setup::new();
+    let store = s.path("store");
+    std::fs::create_dir(&store).unwrap();
+    std::os::unix::fs::symlink("store/rm", s.path("rm")).unwrap();
+    let m = s.manifest(&["train.epochs=1"]);
+    train_rm(&m, &s.path("results"), false).unwrap();
+    assert!(std::fs::symlink_metadata(s.path("rm"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(store.join("rm/model.safetensors").is_file());
+    let key = s.record().key;
+    let again = ensure_trained(&s.manifest(&[]), &s.path("results"), false).unwrap();
+    assert_eq!(again.status, StageStatus::Trained);
+    assert_ne!(s.record().key, key);
+    assert!(std::fs::symlink_metadata(s.path("rm"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let names: Vec<String> = std::fs::read_dir(&store)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["rm"], "stray files beside the linked model");
+}

@@ -64,6 +64,28 @@ pub struct OutDir {
     _lock: File,
     experiment: String,
     hash: String,
+    /// The lock created the directory: if nothing else is written into it,
+    /// it goes again on drop (a manifest error leaves no empty folder).
+    created: bool,
+}
+
+impl Drop for OutDir {
+    fn drop(&mut self) {
+        if !self.created {
+            return;
+        }
+        let only_lock = std::fs::read_dir(&self.path)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .all(|e| e.file_name() == LOCK_FILE)
+            })
+            .unwrap_or(false);
+        if only_lock {
+            let _ = std::fs::remove_file(self.path.join(LOCK_FILE));
+            let _ = std::fs::remove_dir(&self.path);
+        }
+    }
 }
 
 /// How [`OutDir::begin`] found the directory.
@@ -88,6 +110,7 @@ impl OutDir {
                 path.display()
             );
         }
+        let created = !path.exists();
         std::fs::create_dir_all(path).with_context(|| {
             format!(
                 "creating the output directory {} (choose a writable --out)",
@@ -133,6 +156,7 @@ impl OutDir {
             _lock: file,
             experiment: String::new(),
             hash: String::new(),
+            created,
         })
     }
 
