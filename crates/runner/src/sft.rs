@@ -189,7 +189,22 @@ pub fn sft(
     std::fs::create_dir_all(stage_root())
         .with_context(|| format!("creating {}", stage_root().display()))?;
     let vs = prior.var_store();
-    align_core::io::write_dir_atomic(&dir, |tmp: &Path| {
+    // The cache holds this stage's own directories only: one without an SFT
+    // stage.json is not ours to replace.
+    let ours = |existing: &Path| -> anyhow::Result<()> {
+        let file = existing.join("stage.json");
+        let stage: Option<serde_json::Value> = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        match stage.as_ref().and_then(|v| v.get("stage")?.as_str()) {
+            Some("sft") => Ok(()),
+            _ => anyhow::bail!(
+                "{} exists and is not an SFT stage this runner wrote (no stage.json with \"stage\": \"sft\"): move it away",
+                existing.display()
+            ),
+        }
+    };
+    align_core::io::write_dir_atomic_checked(&dir, ours, |tmp: &Path| {
         vs.save(tmp.join("model.safetensors"))?;
         std::fs::write(
             tmp.join("stage.json"),
