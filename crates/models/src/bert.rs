@@ -8,6 +8,10 @@ use std::path::Path;
 use serde::Deserialize;
 use tch::{nn, Device, Kind, Tensor};
 
+use crate::check::{
+    dim, divides, finite, Budget, ParamCount, MAX_HEADS, MAX_HIDDEN, MAX_INTERMEDIATE, MAX_LAYERS,
+    MAX_POSITIONS, MAX_TYPE_VOCAB, MAX_VOCAB,
+};
 use crate::common::{attention, split_heads, Activation, LayerNorm, Linear};
 use crate::error::{ModelError, Result};
 use crate::hf::read_json;
@@ -32,10 +36,71 @@ pub struct BertConfig {
 }
 
 impl BertConfig {
-    /// Reads and checks `dir/config.json`.
+    /// Checks every size against [`crate::check`]'s bounds (heads divide
+    /// the hidden size); returns the parameter count [`Bert::new`] declares.
+    pub fn validate(&self, path: &Path) -> Result<u64> {
+        let h = dim(path, "hidden_size", self.hidden_size, MAX_HIDDEN)?;
+        let heads = dim(
+            path,
+            "num_attention_heads",
+            self.num_attention_heads,
+            MAX_HEADS,
+        )?;
+        divides(path, "hidden_size", h, "num_attention_heads", heads)?;
+        let inter = dim(
+            path,
+            "intermediate_size",
+            self.intermediate_size,
+            MAX_INTERMEDIATE,
+        )?;
+        let layers = dim(
+            path,
+            "num_hidden_layers",
+            self.num_hidden_layers,
+            MAX_LAYERS,
+        )?;
+        let vocab = dim(path, "vocab_size", self.vocab_size, MAX_VOCAB)?;
+        let positions = dim(
+            path,
+            "max_position_embeddings",
+            self.max_position_embeddings,
+            MAX_POSITIONS,
+        )?;
+        let types = dim(
+            path,
+            "type_vocab_size",
+            self.type_vocab_size,
+            MAX_TYPE_VOCAB,
+        )?;
+        finite(path, "layer_norm_eps", self.layer_norm_eps, 0.0, false)?;
+        let mut layer = ParamCount::default();
+        for (input, output) in [(h, h), (h, h), (h, h), (h, h), (h, inter), (inter, h)] {
+            layer.add(&[output, input]);
+            layer.add(&[output]);
+        }
+        for _ in 0..4 {
+            layer.add(&[h]); // two LayerNorms: weight and bias
+        }
+        let mut total = ParamCount::default();
+        total.add_times(layer, layers);
+        for rows in [vocab, positions, types] {
+            total.add(&[rows, h]);
+        }
+        total.add(&[h]);
+        total.add(&[h]);
+        total.total(path)
+    }
+
+    /// Reads and checks `dir/config.json`: every size in bounds, and (when
+    /// the directory has safetensors files) no more parameters than they
+    /// can hold.
     pub fn load(dir: &Path) -> Result<(BertConfig, Activation)> {
         let config_path = dir.join("config.json");
         let cfg: BertConfig = read_json(&config_path)?;
+        let params = cfg.validate(&config_path)?;
+        if let Some(budget) = Budget::from_disk(dir) {
+            budget.admit(&config_path, params)?;
+        }
         if let Some(t) = cfg
             .position_embedding_type
             .as_deref()
@@ -94,6 +159,10 @@ impl Bert {
     pub fn from_dir(dir: &Path, dtype: DType, device: Device) -> Result<(nn::VarStore, Bert)> {
         let (cfg, act) = BertConfig::load(dir)?;
         let weights = Weights::from_dir(dir)?;
+        weights.budget().admit(
+            &dir.join("config.json"),
+            cfg.validate(&dir.join("config.json"))?,
+        )?;
         let mut vs = nn::VarStore::new(device);
         let bert = Bert::new(vs.root(), &cfg, act);
         weights.load_into(&vs, &["bert."])?;
@@ -153,7 +222,18 @@ impl Bert {
         }
     }
 
+    /// The longest input the learned position table covers
+    /// (`max_position_embeddings`).
+    pub fn max_positions(&self) -> i64 {
+        self.position.size()[0]
+    }
+
     /// Last hidden states `[B, T, H]` for right-padded `input_ids` `[B, T]`.
+    ///
+    /// # Panics
+    ///
+    /// When `T` is over [`Bert::max_positions`] (this signature has no
+    /// error path: callers truncate to it first), with a message naming both.
     pub fn forward(
         &self,
         input_ids: &Tensor,
@@ -161,6 +241,12 @@ impl Bert {
         token_type_ids: Option<&Tensor>,
     ) -> Tensor {
         let (b, t) = input_ids.size2().expect("input_ids is [B, T]");
+        let capacity = self.max_positions();
+        assert!(
+            t <= capacity,
+            "BERT forward: {t} tokens but the model has {capacity} positions \
+             (max_position_embeddings); truncate inputs to {capacity} tokens"
+        );
         let device = input_ids.device();
         let positions = Tensor::arange(t, (Kind::Int64, device)).unsqueeze(0);
         let types = match token_type_ids {

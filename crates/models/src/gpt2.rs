@@ -7,8 +7,16 @@
 // is saved by the next norm for the backward pass.
 #![allow(clippy::assign_op_pattern)]
 
+use std::path::Path;
+
 use serde::Deserialize;
 use tch::{nn, Tensor};
+
+use crate::check::{
+    dim, divides, finite, ParamCount, MAX_HEADS, MAX_HIDDEN, MAX_INTERMEDIATE, MAX_LAYERS,
+    MAX_POSITIONS, MAX_VOCAB,
+};
+use crate::error::Result;
 
 use crate::common::{attention, split_heads, Activation, CausalLm, KvCache, LayerNorm};
 
@@ -29,6 +37,47 @@ pub struct Gpt2Config {
     pub scale_attn_weights: bool,
     #[serde(default)]
     pub scale_attn_by_inverse_layer_idx: bool,
+}
+
+impl Gpt2Config {
+    /// Checks every size against [`crate::check`]'s bounds (heads divide
+    /// `n_embd`); returns the parameter count [`Gpt2::new`] declares.
+    pub fn validate(&self, path: &Path) -> Result<u64> {
+        let e = dim(path, "n_embd", self.n_embd, MAX_HIDDEN)?;
+        let heads = dim(path, "n_head", self.n_head, MAX_HEADS)?;
+        divides(path, "n_embd", e, "n_head", heads)?;
+        let inner = dim(
+            path,
+            "n_inner",
+            self.n_inner.unwrap_or(4 * e),
+            MAX_INTERMEDIATE,
+        )?;
+        let layers = dim(path, "n_layer", self.n_layer, MAX_LAYERS)?;
+        let vocab = dim(path, "vocab_size", self.vocab_size, MAX_VOCAB)?;
+        let positions = dim(path, "n_positions", self.n_positions, MAX_POSITIONS)?;
+        finite(
+            path,
+            "layer_norm_epsilon",
+            self.layer_norm_epsilon,
+            0.0,
+            false,
+        )?;
+        let mut layer = ParamCount::default();
+        for (input, output) in [(e, 3 * e), (e, e), (e, inner), (inner, e)] {
+            layer.add(&[input, output]);
+            layer.add(&[output]);
+        }
+        for _ in 0..4 {
+            layer.add(&[e]); // ln_1, ln_2: weight and bias
+        }
+        let mut total = ParamCount::default();
+        total.add_times(layer, layers);
+        total.add(&[vocab, e]);
+        total.add(&[positions, e]);
+        total.add(&[e]);
+        total.add(&[e]);
+        total.total(path)
+    }
 }
 
 fn default_eps() -> f64 {
@@ -69,6 +118,10 @@ struct Block {
     mlp_proj: Conv1D,
 }
 
+/// GPT-2's decoder. Its position table has `n_positions` rows: a forward
+/// on a longer sequence panics at the entry with a message naming both
+/// numbers ([`CausalLm::hidden`] has no error path); the `hf` plugin
+/// refuses a task whose `max_len` exceeds it when the model is built.
 pub struct Gpt2 {
     wte: Tensor,
     wpe: Tensor,
@@ -114,6 +167,13 @@ impl Gpt2 {
     }
 }
 
+impl Gpt2 {
+    /// The longest sequence the learned position table covers (`n_positions`).
+    pub fn max_positions(&self) -> i64 {
+        self.wpe.size()[0]
+    }
+}
+
 impl CausalLm for Gpt2 {
     fn hidden(
         &self,
@@ -122,6 +182,18 @@ impl CausalLm for Gpt2 {
         mask: &Tensor,
         mut cache: Option<&mut KvCache>,
     ) -> Tensor {
+        // Positions come from the padding mask, so none reaches the mask's
+        // width: a sequence wider than the learned table would index past
+        // it (on CUDA a device-side assert that ends the process). The
+        // `hf` plugin refuses such a task at build; this names it if a
+        // caller still passes one (`CausalLm::hidden` has no error path).
+        let width = mask.size().last().copied().unwrap_or(0);
+        let capacity = self.max_positions();
+        assert!(
+            width <= capacity,
+            "GPT-2 forward: a sequence of {width} tokens but the model has {capacity} \
+             positions (n_positions); lower the task's maximum prompt + completion tokens"
+        );
         let mut x = Tensor::embedding(&self.wte, input_ids, -1, false, false)
             + Tensor::embedding(&self.wpe, position_ids, -1, false, false); // [B, T, E]
         for (i, b) in self.blocks.iter().enumerate() {

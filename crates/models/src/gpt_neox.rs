@@ -6,8 +6,16 @@
 // is saved by the next norm for the backward pass.
 #![allow(clippy::assign_op_pattern)]
 
+use std::path::Path;
+
 use serde::Deserialize;
 use tch::{nn, Tensor};
+
+use crate::check::{
+    dim, divides, finite, ParamCount, MAX_HEADS, MAX_HIDDEN, MAX_INTERMEDIATE, MAX_LAYERS,
+    MAX_VOCAB,
+};
+use crate::error::{ModelError, Result};
 
 use crate::common::{
     attention, Activation, CausalLm, KvCache, LayerNorm, Linear, Rope, RopeScaling,
@@ -33,6 +41,77 @@ pub struct GptNeoXConfig {
     pub tie_word_embeddings: bool,
     #[serde(flatten)]
     pub rope: RopeParameters,
+}
+
+impl GptNeoXConfig {
+    /// Checks every size against [`crate::check`]'s bounds (heads divide
+    /// the hidden size, `rotary_pct` in [0, 1] giving an even rotary
+    /// dimension); returns the parameter count [`GptNeoX::new`] declares.
+    pub fn validate(&self, path: &Path, rotary_pct: f64) -> Result<u64> {
+        let h = dim(path, "hidden_size", self.hidden_size, MAX_HIDDEN)?;
+        let heads = dim(
+            path,
+            "num_attention_heads",
+            self.num_attention_heads,
+            MAX_HEADS,
+        )?;
+        divides(path, "hidden_size", h, "num_attention_heads", heads)?;
+        if !(0.0..=1.0).contains(&rotary_pct) {
+            return Err(ModelError::file(
+                path,
+                format!("`rotary_pct` is {rotary_pct}; it must be between 0 and 1"),
+            ));
+        }
+        let rotary = (((h / heads) as f64) * rotary_pct) as i64;
+        if rotary % 2 != 0 {
+            return Err(ModelError::file(
+                path,
+                format!(
+                    "the rotary dimension ({rotary} = head dim {} × rotary_pct {rotary_pct}) is odd; \
+                     RoPE rotates pairs of features",
+                    h / heads
+                ),
+            ));
+        }
+        let inter = dim(
+            path,
+            "intermediate_size",
+            self.intermediate_size,
+            MAX_INTERMEDIATE,
+        )?;
+        let layers = dim(
+            path,
+            "num_hidden_layers",
+            self.num_hidden_layers,
+            MAX_LAYERS,
+        )?;
+        let vocab = dim(path, "vocab_size", self.vocab_size, MAX_VOCAB)?;
+        finite(path, "layer_norm_eps", self.layer_norm_eps, 0.0, false)?;
+        let mut layer = ParamCount::default();
+        for _ in 0..4 {
+            layer.add(&[h]); // two LayerNorms: weight and bias
+        }
+        for (input, output, bias) in [
+            (h, 3 * h, self.attention_bias),
+            (h, h, self.attention_bias),
+            (h, inter, true),
+            (inter, h, true),
+        ] {
+            layer.add(&[output, input]);
+            if bias {
+                layer.add(&[output]);
+            }
+        }
+        let mut total = ParamCount::default();
+        total.add_times(layer, layers);
+        total.add(&[vocab, h]);
+        total.add(&[h]);
+        total.add(&[h]);
+        if !self.tie_word_embeddings {
+            total.add(&[vocab, h]);
+        }
+        total.total(path)
+    }
 }
 
 fn default_eps() -> f64 {

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device};
 
+use crate::check::{self, Budget};
 use crate::common::{Activation, CausalLm, CausalModel, RopeScaling};
 use crate::error::{ModelError, Result};
 use crate::gpt2::{Gpt2, Gpt2Config};
@@ -19,11 +20,16 @@ use crate::llama::{Llama, LlamaConfig};
 use crate::tokenizer::TextTokenizer;
 use crate::weights::{DType, Weights};
 
-/// Reads and parses a JSON file; errors name it.
+/// Largest JSON file [`read_json`] reads (configs are kilobytes; a
+/// `tokenizer_config.json` with every added token a few megabytes).
+pub const MAX_JSON_BYTES: u64 = 256 << 20;
+
+/// Reads and parses a JSON file of at most [`MAX_JSON_BYTES`]; errors name it.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     if !path.is_file() {
         return Err(ModelError::NotFound(path.to_path_buf()));
     }
+    check::file_size(path, MAX_JSON_BYTES, "a JSON file")?;
     let text = std::fs::read_to_string(path).map_err(|e| ModelError::file(path, e.to_string()))?;
     serde_json::from_str(&text).map_err(|e| ModelError::file(path, format!("invalid: {e}")))
 }
@@ -87,11 +93,11 @@ impl RopeParameters {
         {
             let kind = nested.rope_type.as_deref().or(nested.kind.as_deref());
             let need = |key: &str, value: Option<f64>| {
-                value.filter(|v| v.is_finite()).ok_or_else(|| {
+                value.filter(|v| v.is_finite() && *v > 0.0).ok_or_else(|| {
                     ModelError::file(
                         config_path,
                         format!(
-                            "RoPE type `{}` needs a numeric `{key}`",
+                            "RoPE type `{}` needs a positive number `{key}`",
                             kind.unwrap_or("?")
                         ),
                     )
@@ -120,6 +126,22 @@ impl RopeParameters {
                     ))
                 }
             };
+            if let RopeScaling::Llama3 {
+                low_freq_factor,
+                high_freq_factor,
+                ..
+            } = scaling
+            {
+                if high_freq_factor <= low_freq_factor {
+                    return Err(ModelError::file(
+                        config_path,
+                        format!(
+                            "RoPE type `llama3`: `high_freq_factor` ({high_freq_factor}) must be \
+                             above `low_freq_factor` ({low_freq_factor})"
+                        ),
+                    ));
+                }
+            }
             found = scaling;
         }
         Ok(found)
@@ -209,11 +231,36 @@ pub struct DecoderBody {
 /// Declares the decoder described by a parsed `config.json` under `root`.
 /// Without `lm_head` no output projection is declared (a reward model's
 /// checkpoint has a `score` head instead).
+///
+/// Every size is checked first ([`crate::check`]): in bounds, fitting
+/// together, and, when `config_path` is a `config.json` beside safetensors
+/// files, implying no more parameters than those files can hold (so a
+/// corrupt config is refused before its parameters are allocated).
 pub fn declare_decoder(
     config_path: &Path,
     config: &serde_json::Value,
     root: nn::Path,
     lm_head: bool,
+) -> Result<DecoderBody> {
+    let budget = config_path
+        .file_name()
+        .filter(|n| *n == "config.json")
+        .and(config_path.parent())
+        .and_then(Budget::from_disk);
+    declare_decoder_within(config_path, config, root, lm_head, budget.as_ref())
+}
+
+fn theta(path: &Path, rope: &RopeParameters) -> Result<f64> {
+    check::finite(path, "rope_theta", rope.theta(10_000.0), 0.0, true)
+}
+
+/// [`declare_decoder`] with the weights' own [`Budget`].
+fn declare_decoder_within(
+    config_path: &Path,
+    config: &serde_json::Value,
+    root: nn::Path,
+    lm_head: bool,
+    budget: Option<&Budget>,
 ) -> Result<DecoderBody> {
     let architecture = architecture(config_path, config)?;
     let mut config = config.clone();
@@ -228,16 +275,22 @@ pub fn declare_decoder(
         hidden_size,
         prefixes,
     };
+    let admit = |params: u64| match budget {
+        Some(b) => b.admit(config_path, params),
+        None => Ok(()),
+    };
     Ok(match architecture {
         Architecture::Llama => {
             let cfg: LlamaConfig = parse(config_path, &config)?;
+            admit(cfg.validate(config_path)?)?;
             let scaling = cfg.rope.scaling(config_path)?;
             let act = activation(config_path, &cfg.hidden_act)?;
-            let model = Llama::new(root, &cfg, act, cfg.rope.theta(10_000.0), scaling);
+            let model = Llama::new(root, &cfg, act, theta(config_path, &cfg.rope)?, scaling);
             body(Box::new(model), cfg.vocab_size, cfg.hidden_size, &[])
         }
         Architecture::Gpt2 => {
             let cfg: Gpt2Config = parse(config_path, &config)?;
+            admit(cfg.validate(config_path)?)?;
             let act = activation(config_path, &cfg.activation_function)?;
             let model = Gpt2::new(root, &cfg, act);
             body(
@@ -249,9 +302,10 @@ pub fn declare_decoder(
         }
         Architecture::GptNeoX => {
             let cfg: GptNeoXConfig = parse(config_path, &config)?;
+            admit(cfg.validate(config_path, cfg.rope.partial())?)?;
             let scaling = cfg.rope.scaling(config_path)?;
             let act = activation(config_path, &cfg.hidden_act)?;
-            let (theta, partial) = (cfg.rope.theta(10_000.0), cfg.rope.partial());
+            let (theta, partial) = (theta(config_path, &cfg.rope)?, cfg.rope.partial());
             let model = GptNeoX::new(root, &cfg, act, theta, partial, scaling);
             body(Box::new(model), cfg.vocab_size, cfg.hidden_size, &[])
         }
@@ -268,7 +322,8 @@ pub fn build_causal(
     device: Device,
 ) -> Result<(Box<dyn Policy>, Architecture)> {
     let mut vs = nn::VarStore::new(device);
-    let body = declare_decoder(config_path, config, vs.root(), true)?;
+    let budget = weights.budget();
+    let body = declare_decoder_within(config_path, config, vs.root(), true, Some(&budget))?;
     weights.load_into(&vs, body.prefixes)?;
     vs.set_kind(dtype.kind());
     let policy = Box::new(CausalModel {
@@ -314,6 +369,39 @@ pub struct LanguageModel {
     pub tokenizer: Option<TextTokenizer>,
     pub architecture: Architecture,
     pub source: PathBuf,
+    /// The longest sequence the model takes, from its config (see
+    /// [`max_positions`]).
+    pub max_positions: Option<i64>,
+}
+
+/// The positional capacity a decoder's config declares, and the key it is
+/// under: GPT-2's learned table (`n_positions`, a hard limit), or a RoPE
+/// model's trained context (`max_position_embeddings`, when present).
+pub fn max_positions(config: &serde_json::Value) -> Option<(i64, &'static str)> {
+    ["n_positions", "max_position_embeddings"]
+        .into_iter()
+        .find_map(|key| config[key].as_i64().map(|n| (n, key)))
+}
+
+/// Refuses a task whose longest sequence (`max_len`, prompt + completion)
+/// exceeds the model's positional capacity, naming the model, both numbers
+/// and the fix.
+pub fn check_context(
+    source: &Path,
+    capacity: Option<(i64, &str)>,
+    max_len: Option<i64>,
+) -> Result<()> {
+    match (capacity, max_len) {
+        (Some((cap, key)), Some(len)) if len > cap => Err(ModelError::file(
+            source,
+            format!(
+                "the task's longest sequence (prompt + completion) is {len} tokens but this \
+                 model takes at most {cap} (`{key}`); lower the task's maximum prompt and \
+                 completion tokens to fit {cap}"
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Loads an HF directory (`config.json`, safetensors, `tokenizer.json`) or a
@@ -354,6 +442,7 @@ pub fn load(path: &Path, dtype: DType, device: Device) -> Result<LanguageModel> 
         tokenizer,
         architecture,
         source: path.to_path_buf(),
+        max_positions: max_positions(&config).map(|(n, _)| n),
     })
 }
 
@@ -370,9 +459,27 @@ pub struct HfModelConfig {
 
 pub struct HfSpec(HfModelConfig);
 
+impl HfSpec {
+    pub fn new(config: HfModelConfig) -> HfSpec {
+        HfSpec(config)
+    }
+}
+
 impl ModelSpec for HfSpec {
+    /// Refuses, before reading any weights where it can, a task whose
+    /// longest sequence (`ctx.max_len`) exceeds the model's positions.
     fn build(&self, ctx: &ModelContext) -> anyhow::Result<Box<dyn Policy>> {
-        let lm = load(self.0.path.path(), self.0.dtype, ctx.device)?;
+        let path = self.0.path.path();
+        if path.is_dir() {
+            let config: serde_json::Value = read_json(&path.join("config.json"))?;
+            check_context(path, max_positions(&config), ctx.max_len)?;
+        }
+        let lm = load(path, self.0.dtype, ctx.device)?;
+        if !path.is_dir() {
+            // A GGUF file: its `llama.context_length`.
+            let capacity = lm.max_positions.map(|n| (n, "llama.context_length"));
+            check_context(path, capacity, ctx.max_len)?;
+        }
         if let Some(task_vocab) = ctx.vocab_size {
             anyhow::ensure!(
                 task_vocab <= lm.policy.vocab_size(),

@@ -6,6 +6,7 @@
 //!   [`tokenizer`]. [`bert`] is an encoder for reward models (not a policy).
 
 pub mod bert;
+pub mod check;
 pub mod common;
 pub mod error;
 pub mod gguf;

@@ -7,8 +7,16 @@
 // is saved by the next norm for the backward pass.
 #![allow(clippy::assign_op_pattern)]
 
+use std::path::Path;
+
 use serde::Deserialize;
 use tch::{nn, Tensor};
+
+use crate::check::{
+    dim, divides, finite, ParamCount, MAX_HEADS, MAX_HIDDEN, MAX_INTERMEDIATE, MAX_LAYERS,
+    MAX_VOCAB,
+};
+use crate::error::{ModelError, Result};
 
 use crate::common::{
     attention, split_heads, Activation, CausalLm, KvCache, Linear, RmsNorm, Rope, RopeScaling,
@@ -56,7 +64,77 @@ impl LlamaConfig {
 
     pub fn head_dim(&self) -> i64 {
         self.head_dim
-            .unwrap_or(self.hidden_size / self.num_attention_heads)
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    /// Checks every size against [`crate::check`]'s bounds and that they fit
+    /// together (heads divide the hidden size, KV heads divide heads, an even
+    /// head dimension for RoPE); returns the parameter count [`Llama::new`]
+    /// declares. `path` names the config in errors.
+    pub fn validate(&self, path: &Path) -> Result<u64> {
+        let h = dim(path, "hidden_size", self.hidden_size, MAX_HIDDEN)?;
+        let nh = dim(
+            path,
+            "num_attention_heads",
+            self.num_attention_heads,
+            MAX_HEADS,
+        )?;
+        let nkv = dim(path, "num_key_value_heads", self.kv_heads(), MAX_HEADS)?;
+        divides(path, "num_attention_heads", nh, "num_key_value_heads", nkv)?;
+        if self.head_dim.is_none() {
+            divides(path, "hidden_size", h, "num_attention_heads", nh)?;
+        }
+        let hd = dim(path, "head_dim", self.head_dim(), MAX_HIDDEN)?;
+        if hd % 2 != 0 {
+            return Err(ModelError::file(
+                path,
+                format!("head dimension {hd} is odd; RoPE rotates pairs of features"),
+            ));
+        }
+        // nh ≤ 2^12 and hd ≤ 2^17: no overflow.
+        let q = dim(path, "num_attention_heads × head_dim", nh * hd, MAX_HIDDEN)?;
+        let kv = nkv * hd;
+        let inter = dim(
+            path,
+            "intermediate_size",
+            self.intermediate_size,
+            MAX_INTERMEDIATE,
+        )?;
+        let layers = dim(
+            path,
+            "num_hidden_layers",
+            self.num_hidden_layers,
+            MAX_LAYERS,
+        )?;
+        let vocab = dim(path, "vocab_size", self.vocab_size, MAX_VOCAB)?;
+        finite(path, "rms_norm_eps", self.rms_norm_eps, 0.0, false)?;
+        let mut layer = ParamCount::default();
+        layer.add(&[h]);
+        layer.add(&[h]);
+        for shape in [[q, h], [kv, h], [kv, h], [h, q]] {
+            layer.add(&shape);
+        }
+        if self.attention_bias {
+            for n in [q, kv, kv, h] {
+                layer.add(&[n]);
+            }
+        }
+        for shape in [[inter, h], [inter, h], [h, inter]] {
+            layer.add(&shape);
+        }
+        if self.mlp_bias {
+            for n in [inter, inter, h] {
+                layer.add(&[n]);
+            }
+        }
+        let mut total = ParamCount::default();
+        total.add_times(layer, layers);
+        total.add(&[vocab, h]);
+        total.add(&[h]);
+        if !self.tie_word_embeddings {
+            total.add(&[vocab, h]);
+        }
+        total.total(path)
     }
 }
 

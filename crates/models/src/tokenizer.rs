@@ -24,6 +24,9 @@ impl ChatMessage {
     }
 }
 
+/// Largest `tokenizer.json` read (real ones are below 40 MB).
+pub const MAX_TOKENIZER_BYTES: u64 = 1 << 30;
+
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
     path: PathBuf,
@@ -97,6 +100,7 @@ impl TextTokenizer {
         if !path.is_file() {
             return Err(ModelError::NotFound(path));
         }
+        crate::check::file_size(&path, MAX_TOKENIZER_BYTES, "a tokenizer.json")?;
         let inner = tokenizers::Tokenizer::from_file(&path)
             .map_err(|e| ModelError::file(&path, format!("cannot read tokenizer: {e}")))?;
         let config_path = dir.join("tokenizer_config.json");
@@ -115,6 +119,7 @@ impl TextTokenizer {
         };
         let jinja = dir.join("chat_template.jinja");
         if chat_template.is_none() && jinja.is_file() {
+            crate::check::file_size(&jinja, crate::hf::MAX_JSON_BYTES, "a chat template")?;
             chat_template = Some(
                 std::fs::read_to_string(&jinja)
                     .map_err(|e| ModelError::file(&jinja, e.to_string()))?,

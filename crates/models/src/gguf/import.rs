@@ -8,19 +8,37 @@ use tch::Tensor;
 
 use super::reader::{GgufFile, Value};
 use super::tokenizer::gguf_tokenizer;
+use crate::check;
 use crate::error::{ModelError, Result};
 use crate::tokenizer::TextTokenizer;
 
 /// Undoes llama.cpp's `permute` of Q/K projection rows (its RoPE pairs
 /// adjacent features; HF's rotate-half pairs feature i with i + D/2).
+///
+/// # Panics
+///
+/// Unless `w` is 1-D or 2-D with rows a multiple of `2 × heads`
+/// ([`try_unpermute_qk`] returns an error instead).
 pub fn unpermute_qk(w: &Tensor, heads: i64) -> Tensor {
+    try_unpermute_qk(w, heads).unwrap_or_else(|e| panic!("unpermute_qk: {e}"))
+}
+
+/// [`unpermute_qk`], or an error when the rows do not split into `heads`
+/// heads of an even size.
+pub fn try_unpermute_qk(w: &Tensor, heads: i64) -> std::result::Result<Tensor, String> {
     let size = w.size();
-    let rows = size[0];
+    let rows = size.first().copied().unwrap_or(0);
+    if !(1..=2).contains(&size.len()) || heads < 1 || rows % (2 * heads) != 0 {
+        return Err(format!(
+            "shape {size:?} does not split into {heads} heads of an even size"
+        ));
+    }
     // llama.cpp: reshape(h, 2, D/2, in).swapaxes(1, 2); inverse: reshape(h, D/2, 2, in).swapaxes(1, 2).
-    w.reshape([heads, rows / heads / 2, 2, -1])
-        .transpose(1, 2)
-        .reshape(size.as_slice())
-        .contiguous()
+    w.f_reshape([heads, rows / heads / 2, 2, -1])
+        .and_then(|t| t.f_transpose(1, 2))
+        .and_then(|t| t.f_reshape(size.as_slice()))
+        .and_then(|t| t.f_contiguous())
+        .map_err(|e| e.to_string())
 }
 
 /// A GGUF model converted to HF form, in memory.
@@ -64,7 +82,18 @@ fn hf_name(gguf: &str) -> Option<String> {
 
 /// Reads a Llama-architecture GGUF file into HF form.
 pub fn import(path: &Path) -> Result<Imported> {
-    let f = GgufFile::read(path)?;
+    import_file(&GgufFile::read(path)?)
+}
+
+/// A size from the metadata: in `1..=max` (see [`crate::check`]).
+fn size(f: &GgufFile, key: &str, value: u64, max: i64) -> Result<i64> {
+    let v = i64::try_from(value).unwrap_or(i64::MAX);
+    check::dim(&f.path, key, v, max)
+}
+
+/// [`import`] of a file already read.
+pub fn import_file(f: &GgufFile) -> Result<Imported> {
+    let path = f.path.as_path();
     let arch = f
         .need("general.architecture")?
         .as_str()
@@ -86,18 +115,37 @@ pub fn import(path: &Path) -> Result<Imported> {
         }
     }
     let key = |k: &str| format!("{arch}.{k}");
-    let hidden = f.need_u64(&key("embedding_length"))? as i64;
-    let heads = f.need_u64(&key("attention.head_count"))? as i64;
-    let kv_heads = f
-        .get(&key("attention.head_count_kv"))
-        .and_then(Value::as_u64)
-        .map_or(heads, |v| v as i64);
-    let layers = f.need_u64(&key("block_count"))? as i64;
-    let ffn = f.need_u64(&key("feed_forward_length"))? as i64;
-    let head_dim = f
-        .get(&key("attention.key_length"))
-        .and_then(Value::as_u64)
-        .map_or(hidden / heads, |v| v as i64);
+    // Sizes are checked here (the divisions below, the un-permutation);
+    // the config they make is checked in full where it is declared.
+    let need = |k: &str, max: i64| {
+        let k = key(k);
+        size(f, &k, f.need_u64(&k)?, max)
+    };
+    let optional = |k: &str, max: i64| {
+        let k = key(k);
+        f.get(&k)
+            .and_then(Value::as_u64)
+            .map(|v| size(f, &k, v, max))
+            .transpose()
+    };
+    let hidden = need("embedding_length", check::MAX_HIDDEN)?;
+    let heads = need("attention.head_count", check::MAX_HEADS)?;
+    let kv_heads = optional("attention.head_count_kv", check::MAX_HEADS)?.unwrap_or(heads);
+    let layers = need("block_count", check::MAX_LAYERS)?;
+    let ffn = need("feed_forward_length", check::MAX_INTERMEDIATE)?;
+    let head_dim = match optional("attention.key_length", check::MAX_HIDDEN)? {
+        Some(d) => d,
+        None => {
+            check::divides(
+                path,
+                &key("embedding_length"),
+                hidden,
+                &key("attention.head_count"),
+                heads,
+            )?;
+            hidden / heads
+        }
+    };
     let eps = f
         .get(&key("attention.layer_norm_rms_epsilon"))
         .and_then(Value::as_f64)
@@ -108,12 +156,10 @@ pub fn import(path: &Path) -> Result<Imported> {
         .get(&key("rope.freq_base"))
         .and_then(Value::as_f64)
         .unwrap_or(10_000.0);
-    let context = f
-        .get(&key("context_length"))
-        .and_then(Value::as_u64)
-        .unwrap_or(2048);
+    let context = optional("context_length", check::MAX_POSITIONS)?.unwrap_or(2048);
 
     let mut tensors = Vec::with_capacity(f.tensors.len());
+    let mut seen = std::collections::HashMap::new();
     let mut vocab = None;
     for t in &f.tensors {
         let name = hf_name(&t.name).ok_or_else(|| {
@@ -122,14 +168,24 @@ pub fn import(path: &Path) -> Result<Imported> {
                 format!("unexpected tensor `{}` for a llama GGUF", t.name),
             )
         })?;
+        if let Some(other) = seen.insert(name.clone(), &t.name) {
+            return Err(ModelError::file(
+                path,
+                format!("tensors `{other}` and `{}` are both `{name}`", t.name),
+            ));
+        }
         let mut w = f.tensor_f32(t)?;
+        let unpermute = |w: &Tensor, heads: i64| {
+            try_unpermute_qk(w, heads)
+                .map_err(|e| ModelError::file(path, format!("tensor `{}`: {e}", t.name)))
+        };
         if name.ends_with("q_proj.weight") || name.ends_with("q_proj.bias") {
-            w = unpermute_qk(&w, heads);
+            w = unpermute(&w, heads)?;
         } else if name.ends_with("k_proj.weight") || name.ends_with("k_proj.bias") {
-            w = unpermute_qk(&w, kv_heads);
+            w = unpermute(&w, kv_heads)?;
         }
         if name == "model.embed_tokens.weight" {
-            vocab = Some(w.size()[0]);
+            vocab = w.size().first().copied();
         }
         tensors.push((name, w));
     }
@@ -161,7 +217,7 @@ pub fn import(path: &Path) -> Result<Imported> {
     let generation_config = json!({ "bos_token_id": bos, "eos_token_id": eos });
     let (tokenizer, tokenizer_config) = match f.get("tokenizer.ggml.model") {
         Some(_) => {
-            let (t, c) = gguf_tokenizer(&f)?;
+            let (t, c) = gguf_tokenizer(f)?;
             (Some(t), c)
         }
         None => (None, json!({})),

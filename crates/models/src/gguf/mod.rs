@@ -28,9 +28,9 @@ use crate::hf::{build_causal, LanguageModel};
 use crate::tokenizer::TextTokenizer;
 use crate::weights::{DType, Weights};
 
-pub use import::{import, unpermute_qk, Imported};
+pub use import::{import, import_file, try_unpermute_qk, unpermute_qk, Imported};
 pub use quant::{dequantize, GgmlType};
-pub use reader::{GgufFile, TensorInfo, Value};
+pub use reader::{limits, GgufFile, TensorInfo, Value};
 
 use tokenizer::gguf_tokenizer;
 
@@ -52,21 +52,28 @@ pub fn load(path: &Path, dtype: DType, device: Device) -> Result<LanguageModel> 
         tokenizer,
         architecture,
         source: path.to_path_buf(),
+        max_positions: crate::hf::max_positions(&imported.config).map(|(n, _)| n),
     })
 }
 
 /// Only the tokenizer of a GGUF file (no tensors dequantized).
 pub fn load_tokenizer(path: &Path) -> Result<Option<TextTokenizer>> {
-    let f = GgufFile::read(path)?;
+    load_tokenizer_from(&GgufFile::read(path)?)
+}
+
+/// [`load_tokenizer`] of a file already read.
+pub fn load_tokenizer_from(f: &GgufFile) -> Result<Option<TextTokenizer>> {
+    let path = f.path.as_path();
     if f.get("tokenizer.ggml.model").is_none() {
         return Ok(None);
     }
-    let (tok, config) = gguf_tokenizer(&f)?;
+    let (tok, config) = gguf_tokenizer(f)?;
     let vocab = f
         .tensors
         .iter()
         .find(|t| t.name == "token_embd.weight")
-        .map_or(tok.get_vocab_size(true) as i64, |t| t.shape()[0]);
+        .and_then(|t| t.shape().first().copied())
+        .unwrap_or(tok.get_vocab_size(true) as i64);
     let s = |k: &str| config[k].as_str().map(str::to_string);
     TextTokenizer::from_parts(
         tok,

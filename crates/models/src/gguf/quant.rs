@@ -64,6 +64,17 @@ impl GgmlType {
 /// Dequantizes `n` values of type `ty` from `raw` (llama.cpp's block layouts).
 pub fn dequantize(ty: GgmlType, raw: &[u8], n: usize) -> std::result::Result<Vec<f32>, String> {
     let half = |b: &[u8]| f16::from_le_bytes([b[0], b[1]]).to_f32();
+    // The byte count must match `n` before anything is allocated for it.
+    let (per, bytes) = ty
+        .block()
+        .ok_or_else(|| format!("ggml type {ty:?} is not supported"))?;
+    if !n.is_multiple_of(per) || (n / per).checked_mul(bytes) != Some(raw.len()) {
+        return Err(format!(
+            "{n} values of {ty:?} need {} bytes, got {}",
+            (n / per).saturating_mul(bytes),
+            raw.len()
+        ));
+    }
     let mut out = Vec::with_capacity(n);
     match ty {
         GgmlType::F32 => out.extend(

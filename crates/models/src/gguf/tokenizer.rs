@@ -10,6 +10,10 @@ use serde_json::{json, Value as Json};
 use super::reader::{GgufFile, Value};
 use crate::error::{ModelError, Result};
 
+/// Longest token of a SentencePiece vocabulary whose merges are derived
+/// from scores (real ones are a few dozen bytes).
+pub const MAX_SCORED_TOKEN_BYTES: usize = 1024;
+
 /// The llama.cpp pre-tokenizer names → HF pre-tokenizer JSON.
 fn pre_tokenizer(path: &Path, pre: &str) -> Result<Json> {
     let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
@@ -133,6 +137,21 @@ pub(super) fn gguf_tokenizer(f: &GgufFile) -> Result<(tokenizers::Tokenizer, Jso
                     "metadata `tokenizer.ggml.scores` is not an array of numbers",
                 )
             })?;
+        // Deriving merges costs the square of a token's length.
+        if let Some((i, t)) = tokens
+            .iter()
+            .enumerate()
+            .find(|(_, t)| t.len() > MAX_SCORED_TOKEN_BYTES)
+        {
+            return Err(ModelError::file(
+                path,
+                format!(
+                    "token {i} is {} bytes long, over the limit of {MAX_SCORED_TOKEN_BYTES} \
+                     for deriving merges from `tokenizer.ggml.scores`",
+                    t.len()
+                ),
+            ));
+        }
         merges_from_scores(&tokens, &scores)
     } else {
         return Err(ModelError::file(
@@ -159,7 +178,7 @@ pub(super) fn gguf_tokenizer(f: &GgufFile) -> Result<(tokenizers::Tokenizer, Jso
     let added: Vec<Json> = types
         .iter()
         .enumerate()
-        .filter(|(_, &t)| t == 3 || t == 4 || (sentencepiece && t == 2))
+        .filter(|(i, &t)| *i < tokens.len() && (t == 3 || t == 4 || (sentencepiece && t == 2)))
         .map(|(i, &t)| {
             json!({"id": i, "content": tokens[i], "single_word": false, "lstrip": false,
                    "rstrip": false, "normalized": false, "special": t != 4})
@@ -185,7 +204,7 @@ pub(super) fn gguf_tokenizer(f: &GgufFile) -> Result<(tokenizers::Tokenizer, Jso
             "single": [{"SpecialToken": {"id": b, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
             "pair": [{"SpecialToken": {"id": b, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
                      {"SpecialToken": {"id": b, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
-            "special_tokens": {b.as_str(): {"id": b, "ids": [vocab[b.as_str()]], "tokens": [b]}}
+            "special_tokens": {b.as_str(): {"id": b, "ids": [vocab.get(b.as_str())], "tokens": [b]}}
         }),
         _ if sentencepiece => Json::Null,
         _ => {

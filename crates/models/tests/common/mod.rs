@@ -1,6 +1,8 @@
 //! Helpers shared by the models crate's integration tests.
 #![allow(dead_code)]
 
+pub mod gguf;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -67,4 +69,28 @@ pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         let p = entry.unwrap().path();
         std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
     }
+}
+
+/// A temporary copy of fixture directory `name`.
+pub fn fixture_copy(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture(name), dir.path());
+    dir
+}
+
+/// Rewrites the JSON file `path` through `edit`.
+pub fn edit_json(path: &std::path::Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(path, v.to_string()).unwrap();
+}
+
+/// Rewrites `dir/model.safetensors` through `edit` (its tensors, sorted by name).
+pub fn edit_weights(dir: &std::path::Path, edit: impl FnOnce(&mut Vec<(String, Tensor)>)) {
+    let p = dir.join("model.safetensors");
+    let mut tensors = Tensor::read_safetensors(&p).unwrap();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    edit(&mut tensors);
+    Tensor::write_safetensors(&tensors, &p).unwrap();
 }
