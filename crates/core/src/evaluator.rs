@@ -73,17 +73,25 @@ impl Default for EvalConfig {
 impl EvalConfig {
     /// The first out-of-range setting, as `(key, message)`.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        if self.samples < 1 {
-            return Err(("samples", "must be ≥ 1".into()));
-        }
-        if !self.temperature.is_finite() || self.temperature < 0.0 {
-            return Err(("temperature", "must be finite and ≥ 0".into()));
-        }
-        if self.batch_prompts == 0 {
-            return Err(("batch_prompts", "must be ≥ 1".into()));
-        }
-        if self.prompts == Some(0) {
-            return Err(("prompts", "must be ≥ 1 (or left out for all)".into()));
+        use crate::manifest::limits::*;
+        count_in(
+            self.samples,
+            1,
+            MAX_SAMPLES,
+            "completions per held-out prompt",
+        )
+        .map_err(|e| ("samples", e))?;
+        finite_non_negative(self.temperature).map_err(|e| ("temperature", e))?;
+        count_in(
+            self.batch_prompts,
+            1,
+            MAX_BATCH,
+            "prompts per sampling batch",
+        )
+        .map_err(|e| ("batch_prompts", e))?;
+        if let Some(p) = self.prompts {
+            count_in(p, 1, MAX_PROMPTS, "held-out prompts; leave it out for all")
+                .map_err(|e| ("prompts", e))?;
         }
         Ok(())
     }

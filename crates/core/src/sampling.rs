@@ -45,7 +45,10 @@ impl SamplingConfig {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return Err((
                 "temperature",
-                format!("must be ≥ 0, got {}", self.temperature),
+                format!(
+                    "must be a finite number ≥ 0 (0: greedy), got {}",
+                    self.temperature
+                ),
             ));
         }
         if let Some(k) = self.top_k {

@@ -85,6 +85,16 @@ fn construct(de: ConfigDeserializer) -> Result<Built<dyn TaskSpec>, PluginError>
         if c.length < 1 {
             return Err(PluginError::invalid("length", "must be ≥ 1"));
         }
+        // Checked before `vocab^length` below, whose exponent is an i32.
+        if c.length > 64 {
+            return Err(PluginError::invalid(
+                "length",
+                format!(
+                    "must be at most 64 (vocab^length must stay ≤ 1e6 to enumerate), got {}",
+                    c.length
+                ),
+            ));
+        }
         if c.prompts < 1 || c.prompts > c.vocab {
             return Err(PluginError::invalid(
                 "prompts",

@@ -175,14 +175,41 @@ impl TaskSpec for SentimentSpec {
     }
 }
 
+/// The bounds of [`align_core::manifest::limits`] on a text task's counts:
+/// the completion cap, the training prompts or records (`train`: key and
+/// value) and the held-out prompts (0 allowed: no held-out evaluation).
+fn check_counts(
+    max_new_tokens: i64,
+    train: (&str, Option<usize>),
+    eval_prompts: usize,
+) -> Result<(), PluginError> {
+    use align_core::manifest::limits::{count_in, MAX_NEW_TOKENS, MAX_PROMPTS};
+    count_in(max_new_tokens, 1, MAX_NEW_TOKENS, "tokens per completion")
+        .map_err(|e| PluginError::invalid("max_new_tokens", e))?;
+    if let (key, Some(n)) = train {
+        count_in(n, 1, MAX_PROMPTS, "training prompts")
+            .map_err(|e| PluginError::invalid(key, e))?;
+    }
+    count_in(eval_prompts, 0, MAX_PROMPTS, "held-out prompts")
+        .map_err(|e| PluginError::invalid("eval_prompts", e))?;
+    Ok(())
+}
+
+/// A data-config error as a plugin message (the key is given separately).
+fn config_message(e: crate::DataError) -> String {
+    match e {
+        crate::DataError::Config { message, .. } => message,
+        other => other.to_string(),
+    }
+}
+
 fn construct(de: ConfigDeserializer) -> Result<Built<dyn TaskSpec>, PluginError> {
     build_from_config(de, |c: &SentimentTaskConfig| {
-        if c.max_new_tokens < 1 {
-            return Err(PluginError::invalid("max_new_tokens", "must be ≥ 1"));
-        }
-        if c.train_prompts == 0 {
-            return Err(PluginError::invalid("train_prompts", "must be ≥ 1"));
-        }
+        check_counts(
+            c.max_new_tokens,
+            ("train_prompts", Some(c.train_prompts)),
+            c.eval_prompts,
+        )?;
         c.data
             .validate()
             .map_err(|e| PluginError::invalid("data", e.to_string()))?;
@@ -312,9 +339,13 @@ fn construct_preference_file(de: ConfigDeserializer) -> Result<Built<dyn TaskSpe
             }
             other => other,
         })?;
-        if c.max_new_tokens < 1 {
-            return Err(PluginError::invalid("max_new_tokens", "must be ≥ 1"));
-        }
+        check_counts(
+            c.max_new_tokens,
+            ("train_records", c.train_records),
+            c.eval_prompts,
+        )?;
+        crate::rows::validate_fraction(c.max_bad_fraction)
+            .map_err(|e| PluginError::invalid("max_bad_fraction", config_message(e)))?;
         c.split
             .validate()
             .map_err(|e| PluginError::invalid("split", e.to_string()))?;

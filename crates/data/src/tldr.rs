@@ -26,7 +26,7 @@ use parquet::record::Field;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::archive::read_maybe_gz;
+use crate::archive::{read_maybe_gz, MAX_READ_BYTES};
 use crate::error::DataError;
 use crate::location::require_user_file;
 use crate::records::{Demonstration, PreferencePair};
@@ -41,15 +41,48 @@ pub enum Format {
     SummarizeFromFeedback,
 }
 
+/// The most rows read from one Parquet file (the TL;DR sets have about
+/// 120 thousand); a file stating more is refused before any row is read.
+pub const MAX_PARQUET_ROWS: u64 = 1 << 26;
+
 /// Reads the string columns `columns` of every row of a Parquet file and
 /// turns them into records with `make` (an `Err` is a malformed row).
+///
+/// The file's metadata is checked before any row is read (row counts,
+/// column chunk offsets and sizes inside the file), and a panic of the
+/// Parquet reader on a corrupt file it did not foresee becomes an error
+/// naming the file.
 pub fn read_parquet<T: Send>(
     path: &Path,
     columns: &[&str],
     make: impl Fn(Vec<String>) -> Result<T, String> + Sync,
 ) -> Result<Loaded<T>, DataError> {
     let label = path.display().to_string();
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        read_parquet_checked(path, &label, columns, &make)
+    }))
+    .unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown failure".into());
+        Err(DataError::format(
+            &label,
+            format!("not a readable Parquet file (corrupt?): the reader failed: {why}"),
+        ))
+    })
+}
+
+fn read_parquet_checked<T: Send>(
+    path: &Path,
+    label: &str,
+    columns: &[&str],
+    make: &(impl Fn(Vec<String>) -> Result<T, String> + Sync),
+) -> Result<Loaded<T>, DataError> {
+    let label = label.to_string();
     let file = File::open(path).map_err(|e| DataError::io(&label, e))?;
+    let file_len = file.metadata().map_err(|e| DataError::io(&label, e))?.len();
     let reader = SerializedFileReader::new(file)
         .map_err(|e| DataError::format(&label, format!("not a readable Parquet file: {e}")))?;
     let meta = reader.metadata();
@@ -69,12 +102,54 @@ pub fn read_parquet<T: Send>(
             ));
         }
     }
+    // Row counts come from the file: check them before reading any row.
     let mut first_row = Vec::with_capacity(meta.num_row_groups());
     let mut next = 1u64;
-    for g in meta.row_groups() {
+    for (g, group) in meta.row_groups().iter().enumerate() {
+        let rows = u64::try_from(group.num_rows()).map_err(|_| {
+            DataError::format(
+                &label,
+                format!("row group {g} states {} rows", group.num_rows()),
+            )
+        })?;
         first_row.push(next);
-        next += g.num_rows() as u64;
+        next = next.saturating_add(rows);
+        // Where each column chunk says it lies: inside the file.
+        for (c, col) in group.columns().iter().enumerate() {
+            let start = col
+                .dictionary_page_offset()
+                .unwrap_or(col.data_page_offset());
+            let end = u64::try_from(start)
+                .ok()
+                .zip(u64::try_from(col.compressed_size()).ok())
+                .and_then(|(s, n)| s.checked_add(n));
+            if end.is_none_or(|end| end > file_len) || col.uncompressed_size() < 0 {
+                return Err(DataError::format(
+                    &label,
+                    format!(
+                        "row group {g}, column {c}: the metadata places it at offset {start}, \
+                         {} bytes ({} uncompressed), outside the file's {file_len} bytes \
+                         (a corrupt or truncated file?)",
+                        col.compressed_size(),
+                        col.uncompressed_size()
+                    ),
+                ));
+            }
+        }
     }
+    let total = next - 1;
+    if total > MAX_PARQUET_ROWS {
+        return Err(DataError::format(
+            &label,
+            format!(
+                "states {total} rows, more than the limit of {MAX_PARQUET_ROWS} rows read \
+                 from one file (a corrupt or hostile file?)"
+            ),
+        ));
+    }
+    // The text read so far, over every row group: a few rows of a file can
+    // stand for much more text (dictionary pages repeat one value).
+    let text_bytes = std::sync::atomic::AtomicU64::new(0);
     let broken = |what: String, e: parquet::errors::ParquetError| {
         DataError::format(&label, format!("{what}: {}", codec_hint(&e)))
     };
@@ -97,6 +172,23 @@ pub fn read_parquet<T: Send>(
                 .map(|(i, row)| {
                     let at = Location::Row(first_row[g] + i as u64);
                     let row = row.map_err(|e| broken(at.to_string(), e))?;
+                    let size: u64 = row
+                        .get_column_iter()
+                        .map(|(_, f)| match f {
+                            Field::Str(s) => s.len() as u64,
+                            _ => 0,
+                        })
+                        .sum();
+                    let read = text_bytes.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+                    if read.saturating_add(size) > MAX_READ_BYTES {
+                        return Err(DataError::format(
+                            &label,
+                            format!(
+                                "holds more than {MAX_READ_BYTES} bytes of text (at {at}), the \
+                                 limit on one file read into memory"
+                            ),
+                        ));
+                    }
                     let cells = columns
                         .iter()
                         .map(
@@ -107,7 +199,7 @@ pub fn read_parquet<T: Send>(
                             },
                         )
                         .collect::<Result<Vec<String>, String>>();
-                    Ok((at, cells.and_then(&make).map(Some)))
+                    Ok((at, cells.and_then(make).map(Some)))
                 })
                 .collect::<Result<Rows<T>, DataError>>()
         })

@@ -165,8 +165,11 @@ fn construct(de: ConfigDeserializer) -> Result<Built<dyn ModelSpec>, PluginError
         if let Some(init) = &mut c.init {
             base.resolve("init", init)?;
         }
-        if c.init_std.is_nan() || c.init_std < 0.0 {
-            return Err(PluginError::invalid("init_std", "must be ≥ 0"));
+        if !c.init_std.is_finite() || c.init_std < 0.0 {
+            return Err(PluginError::invalid(
+                "init_std",
+                "must be a finite number ≥ 0",
+            ));
         }
         Ok(Box::new(TabularSpec(c.clone())) as Box<dyn ModelSpec>)
     })

@@ -71,8 +71,8 @@ impl RewardModel for RandomTable {
 
 fn construct(de: ConfigDeserializer) -> Result<Built<dyn RewardSpec>, PluginError> {
     build_from_config(de, |c: &RandomTableConfig| {
-        if c.scale.is_nan() || c.scale <= 0.0 {
-            return Err(PluginError::invalid("scale", "must be > 0"));
+        if !c.scale.is_finite() || c.scale <= 0.0 {
+            return Err(PluginError::invalid("scale", "must be a finite number > 0"));
         }
         Ok(Box::new(RandomTable(c.clone())) as Box<dyn RewardSpec>)
     })

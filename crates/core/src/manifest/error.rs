@@ -32,7 +32,13 @@ impl fmt::Display for ManifestError {
 impl std::error::Error for ManifestError {}
 
 pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
+    // A span from the parser starts on a character boundary; one that does
+    // not (or lies past the end) is clamped rather than trusted.
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
     let col = before
         .rsplit('\n')

@@ -8,6 +8,7 @@
 //! - `paths`: files named in a manifest, resolved against its directory.
 
 mod error;
+pub mod limits;
 mod overrides;
 mod paths;
 mod source;
@@ -228,6 +229,64 @@ struct RunShape {
     sampling: Option<SamplingConfig>,
 }
 
+/// A refused setting: its dotted key, why, and the fix.
+type Refusal = (String, String, String);
+
+/// The bounds of [`limits`] on the fixed shape: `(key, why, fix)` of the
+/// first setting outside them. Plugins check their own tables.
+fn shape_limits(shape: &Shape) -> Result<(), Refusal> {
+    use limits::*;
+    let at = |key: &str, fix: &str| {
+        // `{key}` in a fix names the key.
+        let (key, fix) = (key.to_string(), fix.replace("{key}", key));
+        move |why: String| (key, why, fix)
+    };
+    plain_name(&shape.name).map_err(at(
+        "name",
+        "give a plain name such as `my-experiment` (it names the directory results/<name>)",
+    ))?;
+    if let Some(t) = shape.threads {
+        count_in(t, 1, MAX_THREADS, "LibTorch intra-op threads").map_err(at(
+            "threads",
+            "set `threads` to the number of cores to use, or leave it out for LibTorch's choice",
+        ))?;
+    }
+    let steps_fix = "set `{key}` to a whole number of optimizer steps between 1 and 1000000000";
+    let lr_fix = "set `{key}` to a finite learning rate > 0, e.g. `1e-4`";
+    let t = &shape.train;
+    count_in(t.steps, 1, MAX_STEPS, "optimizer steps").map_err(at("train.steps", steps_fix))?;
+    finite_positive(t.lr).map_err(at("train.lr", lr_fix))?;
+    if let Some(p) = t.prompts_per_step {
+        count_in(p, 1, MAX_PROMPTS, "prompts per step").map_err(at(
+            "train.prompts_per_step",
+            "set `{key}` to at least 1, or leave it out to use every training prompt",
+        ))?;
+    }
+    for (i, r) in shape.runs.iter().enumerate() {
+        if let Some(s) = r.steps {
+            count_in(s, 1, MAX_STEPS, "optimizer steps")
+                .map_err(at(&format!("runs.{i}.steps"), steps_fix))?;
+        }
+        if let Some(lr) = r.lr {
+            finite_positive(lr).map_err(at(&format!("runs.{i}.lr"), lr_fix))?;
+        }
+    }
+    if let Some(sft) = &shape.sft {
+        finite_positive(sft.lr).map_err(at("sft.lr", lr_fix))?;
+        count_in(sft.epochs, 1, MAX_EPOCHS, "passes over the gold outputs")
+            .map_err(at("sft.epochs", "set `sft.epochs` to at least 1"))?;
+        count_in(sft.batch_size, 1, MAX_BATCH, "pairs per step")
+            .map_err(at("sft.batch_size", "set `sft.batch_size` to at least 1"))?;
+        if let Some(l) = sft.max_len {
+            count_in(l, 1, MAX_NEW_TOKENS as usize, "tokens per gold output").map_err(at(
+                "sft.max_len",
+                "set `{key}` to at least 1, or leave it out for the task's completion cap",
+            ))?;
+        }
+    }
+    Ok(())
+}
+
 impl Manifest {
     /// Reads, overrides and validates a manifest; every plugin is constructed.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Manifest, ManifestError> {
@@ -259,18 +318,8 @@ impl Manifest {
                 ));
             }
         }
-        for (k, bad) in [
-            ("steps", shape.train.steps == 0),
-            ("lr", shape.train.lr.is_nan() || shape.train.lr <= 0.0),
-        ] {
-            if bad {
-                return Err(src.invalid(
-                    &format!("train.{k}"),
-                    format!("`train.{k}` must be > 0"),
-                    format!("set `train.{k}` to a positive value"),
-                ));
-            }
-        }
+        shape_limits(&shape)
+            .map_err(|(key, why, fix)| src.invalid(&key, format!("invalid `{key}`: {why}"), fix))?;
         if let Err((k, message)) = shape.eval.validate() {
             let p = format!("eval.{k}");
             return Err(src.invalid(
@@ -278,22 +327,6 @@ impl Manifest {
                 format!("invalid `{p}`: {message}"),
                 format!("change `{p}`"),
             ));
-        }
-        if let Some(sft) = &shape.sft {
-            for (k, bad) in [
-                ("lr", !sft.lr.is_finite() || sft.lr <= 0.0),
-                ("epochs", sft.epochs == 0),
-                ("batch_size", sft.batch_size == 0),
-                ("max_len", sft.max_len == Some(0)),
-            ] {
-                if bad {
-                    return Err(src.invalid(
-                        &format!("sft.{k}"),
-                        format!("`sft.{k}` must be positive and finite"),
-                        format!("set `sft.{k}` to a positive value"),
-                    ));
-                }
-            }
         }
         let seeds = shape.seeds.clone().unwrap_or_else(|| vec![shape.seed]);
         let mut distinct = seeds.clone();
@@ -308,6 +341,13 @@ impl Manifest {
         }
         let mut seen = std::collections::HashSet::new();
         for (i, r) in shape.runs.iter().enumerate() {
+            if let Err(why) = limits::run_name(&r.name) {
+                return Err(src.invalid(
+                    &format!("runs.{i}.name"),
+                    format!("invalid `runs.{i}.name`: {why}"),
+                    "name the run in words without `/` or `\\`, e.g. `BRAIn (n = 4)`",
+                ));
+            }
             if !seen.insert(r.name.as_str()) {
                 return Err(src.invalid(
                     &format!("runs.{i}.name"),

@@ -79,6 +79,20 @@ impl ManifestSource {
             snippet: String::new(),
             fix: fix.into(),
         };
+        // A manifest is a page of settings: a file far larger is a wrong path
+        // (a data set, a model), not something to read into memory.
+        const MAX_MANIFEST_BYTES: u64 = 16 << 20;
+        if let Ok(meta) = std::fs::metadata(path) {
+            if meta.is_file() && meta.len() > MAX_MANIFEST_BYTES {
+                return Err(bare(
+                    format!(
+                        "cannot read the manifest: it is {} bytes, more than a manifest's limit of {MAX_MANIFEST_BYTES} (16 MiB)",
+                        meta.len()
+                    ),
+                    "check the path: it should name a TOML manifest such as experiments/quickstart.toml",
+                ));
+            }
+        }
         let text = std::fs::read_to_string(path).map_err(|e| {
             bare(
                 format!("cannot read the manifest: {e}"),

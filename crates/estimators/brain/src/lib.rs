@@ -169,6 +169,12 @@ fn construct(de: ConfigDeserializer) -> Result<Built<dyn Estimator>, PluginError
                 format!("BRAIn needs at least 2 samples per prompt, got {}", c.n),
             ));
         }
+        align_core::manifest::limits::at_most(
+            c.n,
+            align_core::manifest::limits::MAX_SAMPLES,
+            "samples per prompt",
+        )
+        .map_err(|e| PluginError::invalid("n", e))?;
         if !(0.0..1.0).contains(&c.prior_fraction) {
             return Err(PluginError::invalid(
                 "prior_fraction",

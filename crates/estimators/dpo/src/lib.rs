@@ -118,6 +118,12 @@ fn construct(de: ConfigDeserializer) -> Result<Built<dyn Estimator>, PluginError
                 format!("ranking needs at least 2 samples per prompt, got {}", c.n),
             ));
         }
+        align_core::manifest::limits::at_most(
+            c.n,
+            align_core::manifest::limits::MAX_SAMPLES,
+            "samples per prompt",
+        )
+        .map_err(|e| PluginError::invalid("n", e))?;
         Ok(Box::new(Dpo(c.clone())) as Box<dyn Estimator>)
     })
 }

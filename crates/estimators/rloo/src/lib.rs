@@ -100,6 +100,12 @@ fn construct(de: ConfigDeserializer) -> Result<Built<dyn Estimator>, PluginError
                 ),
             ));
         }
+        align_core::manifest::limits::at_most(
+            c.n,
+            align_core::manifest::limits::MAX_SAMPLES,
+            "samples per prompt",
+        )
+        .map_err(|e| PluginError::invalid("n", e))?;
         if let Some(tau) = c.tau.filter(|t| !(*t >= 0.0 && t.is_finite())) {
             return Err(PluginError::invalid(
                 "tau",

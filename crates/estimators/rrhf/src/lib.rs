@@ -126,6 +126,12 @@ fn construct(de: ConfigDeserializer) -> Result<Built<dyn Estimator>, PluginError
                 ),
             ));
         }
+        align_core::manifest::limits::at_most(
+            c.n,
+            align_core::manifest::limits::MAX_SAMPLES,
+            "candidates per prompt",
+        )
+        .map_err(|e| PluginError::invalid("n", e))?;
         if !(c.lambda >= 0.0 && c.lambda.is_finite()) {
             return Err(PluginError::invalid(
                 "lambda",

@@ -202,6 +202,12 @@ fn construct(de: ConfigDeserializer) -> Result<Built<dyn Estimator>, PluginError
                 ),
             ));
         }
+        align_core::manifest::limits::at_most(
+            c.candidates,
+            align_core::manifest::limits::MAX_SAMPLES,
+            "candidates drawn per prompt",
+        )
+        .map_err(|e| PluginError::invalid("candidates", e))?;
         for (key, v) in [("beta", c.beta), ("gamma", c.gamma)] {
             if !v.is_finite() || v <= 0.0 {
                 return Err(PluginError::invalid(key, format!("must be > 0, got {v}")));

@@ -90,6 +90,12 @@ fn construct(de: ConfigDeserializer) -> Result<Built<dyn Estimator>, PluginError
                 format!("ranking needs at least 2 decodes per prompt, got {}", c.m),
             ));
         }
+        align_core::manifest::limits::at_most(
+            c.m,
+            align_core::manifest::limits::MAX_SAMPLES,
+            "decodes per prompt",
+        )
+        .map_err(|e| PluginError::invalid("m", e))?;
         Ok(Box::new(Slic(c.clone())) as Box<dyn Estimator>)
     })
 }
