@@ -10,6 +10,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::logprob::{policy_logprobs, sampling_logprobs};
 use crate::plan::{Candidates, DataPlan, Distribution};
+use crate::sample_cache::{SampleCache, SampleKey};
 use crate::sampling::sample;
 use crate::task::Prompt;
 use crate::{GoodnessModel, GroupInputs, Policy, RewardModel, SampleBatch, SamplingConfig};
@@ -40,6 +41,8 @@ pub struct BatchContext<'a> {
     pub seed: u64,
     /// Prompts (or pairs) per step; `None`: all of them.
     pub prompts_per_step: Option<usize>,
+    /// Draws from the prior shared with the manifest's other runs.
+    pub shared: Option<&'a SampleCache>,
 }
 
 /// One step's inputs to the loss.
@@ -254,9 +257,31 @@ impl<'a> Batcher<'a> {
                 count,
                 sampling,
             } => {
-                let mut batch = self.draw(*from, *count, sampling.as_ref(), prompts, seed);
-                let reward = self.score(&mut batch)?.view([p, *count]);
-                Ok((batch, reward))
+                let mut draw = || -> anyhow::Result<(SampleBatch, Tensor)> {
+                    let mut batch = self.draw(*from, *count, sampling.as_ref(), prompts, seed);
+                    let reward = self.score(&mut batch)?;
+                    Ok((batch, reward))
+                };
+                // A draw from the prior is the same in every run at this step
+                // (common random numbers): made once, shared.
+                let from_prior = *from == Distribution::Prior || self.proposal.is_none();
+                let (batch, reward) = match self.ctx.shared {
+                    Some(cache) if from_prior => {
+                        let task = self.ctx.task;
+                        let config = sampling.as_ref().unwrap_or(self.ctx.sampling);
+                        let key = SampleKey::new(
+                            prompts,
+                            *count,
+                            task.max_new_tokens(),
+                            task.eos_token(),
+                            config,
+                            seed,
+                        );
+                        cache.get_or_draw(key, draw)?
+                    }
+                    _ => draw()?,
+                };
+                Ok((batch, reward.view([p, *count])))
             }
         }
     }

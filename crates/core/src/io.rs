@@ -190,6 +190,40 @@ fn refuse_file(r: &Resolved, kind: Kind) -> anyhow::Error {
     }
 }
 
+/// renameat2(2) with RENAME_EXCHANGE: `a` and `b` trade places atomically.
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let (a, b) = (
+        CString::new(a.as_os_str().as_bytes())?,
+        CString::new(b.as_os_str().as_bytes())?,
+    );
+    // SAFETY: both are NUL-terminated strings that outlive the call, which
+    // only reads them.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// File systems (or kernels) without RENAME_EXCHANGE.
+fn exchange_unsupported(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP)
+    )
+}
+
 /// access(2): whether this process may write (and, for a directory, enter)
 /// `path`. Unlike permission bits this is right for root, ACLs and
 /// read-only file systems.
@@ -519,7 +553,33 @@ pub fn write_dir_atomic_checked(
         );
     }
     let had_old = check(&now)?;
-    // Swap in the new directory; the old one (if any) goes only after.
+    // Where the file system can, swap the two in one step: a process killed
+    // at any point leaves either the old directory or the new one in place.
+    if had_old {
+        match exchange(tmp.path(), &target) {
+            Ok(()) => {
+                // `tmp` now holds the previous version.
+                let previous = tmp.keep();
+                std::fs::remove_dir_all(&previous).with_context(|| {
+                    format!(
+                        "{} is written, but its previous version, swapped to {}, could not be \
+                         removed: remove it yourself",
+                        now.shown(),
+                        previous.display()
+                    )
+                })?;
+                if let Ok(dir) = File::open(parent) {
+                    let _ = dir.sync_all();
+                }
+                return Ok(());
+            }
+            Err(e) if exchange_unsupported(&e) => {}
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!("swapping in {}", now.shown())))
+            }
+        }
+    }
+    // Otherwise in two renames; the old one (if any) goes only after.
     let old = unused_name(parent, &format!(".{name}.old-{}", std::process::id()));
     if had_old {
         std::fs::rename(&target, &old).with_context(|| format!("moving {} aside", now.shown()))?;
@@ -654,6 +714,25 @@ mod tests {
         write_dir_atomic(&out, |d| Ok(std::fs::write(d.join("c"), "3")?)).unwrap();
         assert_eq!(entries(&out), ["c"]);
         assert_eq!(entries(dir.path()), ["model"]);
+    }
+
+    /// Replacing a directory is one atomic swap where the file system has
+    /// RENAME_EXCHANGE (a kill between two renames would leave neither).
+    #[test]
+    fn exchange_swaps_two_directories_in_one_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::create_dir(&a).unwrap();
+        std::fs::create_dir(&b).unwrap();
+        std::fs::write(a.join("x"), "").unwrap();
+        std::fs::write(b.join("y"), "").unwrap();
+        match exchange(&a, &b) {
+            Ok(()) => {
+                assert_eq!(entries(&a), ["y"]);
+                assert_eq!(entries(&b), ["x"]);
+            }
+            Err(e) => assert!(exchange_unsupported(&e), "{e}"),
+        }
     }
 
     #[test]

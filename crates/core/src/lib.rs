@@ -18,6 +18,7 @@ pub mod policy;
 pub mod progress;
 pub mod registry;
 pub mod reward;
+pub mod sample_cache;
 pub mod sampling;
 pub mod task;
 pub mod text;

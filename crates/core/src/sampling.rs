@@ -356,6 +356,14 @@ fn left_pad(prompts: &[Prompt], n: i64, device: Device) -> (Tensor, Tensor) {
     )
 }
 
+/// Calls of [`sample`] in this process (tests count them).
+static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many times [`sample`] ran in this process.
+pub fn calls() -> usize {
+    CALLS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Draws `n` completions per prompt from `policy` (up to `max_new_tokens`,
 /// stopping a row at `eos`). Deterministic given `seed`.
 pub fn sample(
@@ -367,6 +375,7 @@ pub fn sample(
     config: &SamplingConfig,
     seed: u64,
 ) -> SampleBatch {
+    CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let _guard = tch::no_grad_guard();
     let device = policy.device();
     let (prompt_ids, prompt_mask) = left_pad(prompts, n, device);

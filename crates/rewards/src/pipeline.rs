@@ -105,11 +105,15 @@ impl RmManifest {
                 "use objective = \"bradley-terry\"",
             ));
         }
-        if m.model.max_len < 8 {
+        if !(8..=1 << 20).contains(&m.model.max_len) {
             return Err(src.invalid(
                 "model.max_len",
-                "`model.max_len` must be ≥ 8",
-                "raise `model.max_len`",
+                &format!(
+                    "`model.max_len` must be between 8 and {} tokens, got {}",
+                    1 << 20,
+                    m.model.max_len
+                ),
+                "set `model.max_len` to the longest text to read, e.g. 256",
             ));
         }
         Ok(m)
@@ -362,6 +366,14 @@ fn train_and_evaluate(m: &RmManifest, progress: bool) -> anyhow::Result<Trained>
     }];
     let mut rm = ScalarRm::from_backbone(m.model.backbone.path(), m.model.pooling, labels, device)?;
     rm.max_len = m.model.max_len;
+    if rm.context() < rm.max_len {
+        eprintln!(
+            "note: `model.max_len` is {} but the backbone reads at most {} positions: longer texts are cut to {}",
+            rm.max_len,
+            rm.context(),
+            rm.context()
+        );
+    }
     let bar = align_core::progress::bar(progress, 0, "train-rm", "steps");
     let epochs = training::train(
         &mut rm,

@@ -333,11 +333,20 @@ impl ScalarRm {
         self.encoder().encode(text)
     }
 
+    /// The longest text the body can read: `max_len`, cut to its position
+    /// table when it has one (longer texts are truncated, never fed past it).
+    pub fn context(&self) -> usize {
+        match align_models::hf::max_positions(&self.config) {
+            Some((n, _)) if n > 0 => self.max_len.min(n as usize),
+            _ => self.max_len,
+        }
+    }
+
     /// The text → ids half of the model, shareable across threads.
     pub fn encoder(&self) -> RmEncoder<'_> {
         RmEncoder {
             tokenizer: &self.tokenizer,
-            max_len: self.max_len,
+            max_len: self.context(),
             keep_end: matches!(self.body, Body::Decoder { .. }),
         }
     }

@@ -113,11 +113,17 @@ impl TrainSettings {
         if !(0.0..1.0).contains(&self.warmup) {
             return Some(("warmup", format!("must be in [0, 1), got {}", self.warmup)));
         }
-        if self.weight_decay < 0.0 {
-            return Some(("weight_decay", "must be ≥ 0".into()));
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return Some((
+                "weight_decay",
+                format!("must be a finite number ≥ 0, got {}", self.weight_decay),
+            ));
         }
-        if self.max_grad_norm <= 0.0 {
-            return Some(("max_grad_norm", "must be > 0".into()));
+        if !(self.max_grad_norm > 0.0 && self.max_grad_norm.is_finite()) {
+            return Some((
+                "max_grad_norm",
+                format!("must be a finite number > 0, got {}", self.max_grad_norm),
+            ));
         }
         None
     }

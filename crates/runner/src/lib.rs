@@ -228,7 +228,9 @@ fn run_in(manifest: &Manifest, out_dir: &Path, progress: bool) -> anyhow::Result
     // seeds it finished; the results on disk are rewritten after each run,
     // and each run's checkpoint lets `--resume` skip or continue it.
     let mut markdown = String::new();
+    let shared_samples = align_core::sample_cache::SampleCache::new();
     for &seed in &manifest.seeds {
+        shared_samples.clear(); // another seed's draws are never asked for again
         let prior_dir = checkpoint::dir(out_dir, "prior", seed);
         let done = match checkpoint::load_finished(&prior_dir)? {
             Some(done) => done,
@@ -276,6 +278,7 @@ fn run_in(manifest: &Manifest, out_dir: &Path, progress: bool) -> anyhow::Result
                         reward: reward.as_ref(),
                         codec: codec.as_deref(),
                         seed,
+                        samples: &shared_samples,
                     };
                     let done = train_run(&setup, &eval_ctx, &dir, progress)
                         .with_context(|| format!("run `{}` (seed {seed})", run.name))?;

@@ -6,6 +6,7 @@ use align_core::batcher::{BatchContext, Batcher};
 use align_core::manifest::{Manifest, OnNonfinite, Run};
 use align_core::optim::Optimizer;
 use align_core::policy::frozen_copy;
+use align_core::sample_cache::SampleCache;
 use align_core::{Metrics, ModelContext, Policy, RewardModel, Task, TextCodec};
 use anyhow::Context;
 use tch::Tensor;
@@ -20,6 +21,8 @@ pub struct Setup<'a> {
     pub codec: Option<&'a dyn TextCodec>,
     /// This run's training seed (one of the manifest's `seeds`).
     pub seed: u64,
+    /// Draws from the prior, shared by the manifest's runs at this seed.
+    pub samples: &'a SampleCache,
 }
 
 /// Per-step metrics: `(step, metrics)`; evaluation metrics appear on eval steps.
@@ -94,6 +97,7 @@ pub fn train(
         sampling: &s.run.sampling,
         seed: s.seed,
         prompts_per_step: train.prompts_per_step,
+        shared: Some(s.samples),
     };
     let mut batcher = Batcher::new(context, estimator.plan())
         .with_context(|| format!("estimator `{}`", s.run.estimator.plugin))?;
