@@ -257,7 +257,7 @@ impl<'a> Batcher<'a> {
                 count,
                 sampling,
             } => {
-                let mut draw = || -> anyhow::Result<(SampleBatch, Tensor)> {
+                let draw = || -> anyhow::Result<(SampleBatch, Tensor)> {
                     let mut batch = self.draw(*from, *count, sampling.as_ref(), prompts, seed);
                     let reward = self.score(&mut batch)?;
                     Ok((batch, reward))
