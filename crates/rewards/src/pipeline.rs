@@ -108,7 +108,7 @@ impl RmManifest {
         if !(8..=1 << 20).contains(&m.model.max_len) {
             return Err(src.invalid(
                 "model.max_len",
-                &format!(
+                format!(
                     "`model.max_len` must be between 8 and {} tokens, got {}",
                     1 << 20,
                     m.model.max_len
