@@ -38,7 +38,8 @@ fn adam_delta(m: &Tensor, v: &Tensor, lr: f64, t: f64) -> Tensor {
     let bias_correction1 = 1.0 - BETA1.powf(t);
     let bias_correction2 = 1.0 - BETA2.powf(t);
     let denom = v.sqrt() / bias_correction2.sqrt() + EPS;
-    m / denom * -(lr / bias_correction1)
+    // addcdiv's order: (value · m) / denom.
+    m * -(lr / bias_correction1) / denom
 }
 
 impl Optimizer {
@@ -110,7 +111,9 @@ impl Optimizer {
                     let v = p
                         .exp_avg_sq
                         .get_or_insert_with(|| p.value.zeros_like().detach());
-                    let _ = m.lerp_(&grad, 1.0 - BETA1);
+                    // In LibTorch's order: m·β1 + (1−β1)·g, v·β2 + (1−β2)·g·g.
+                    let _ = m.g_mul_scalar_(BETA1);
+                    let _ = m.g_add_(&(&grad * (1.0 - BETA1)));
                     let _ = v.g_mul_scalar_(BETA2);
                     let _ = v.addcmul_(&(&grad * (1.0 - BETA2)), &grad);
                     let _ = p.value.g_add_(&adam_delta(m, v, lr, t));
@@ -138,7 +141,7 @@ impl Optimizer {
                     let zeros = || p.value.zeros_like();
                     let m = p.exp_avg.as_ref().map_or_else(zeros, |m| m.copy());
                     let v = p.exp_avg_sq.as_ref().map_or_else(zeros, |v| v.copy());
-                    let m = m.lerp(&grad, 1.0 - BETA1);
+                    let m = m * BETA1 + &grad * (1.0 - BETA1);
                     let v = v * BETA2 + &grad * &grad * (1.0 - BETA2);
                     finite(&m) && finite(&v) && finite(&(&p.value + adam_delta(&m, &v, lr, t)))
                 }
