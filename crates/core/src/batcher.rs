@@ -264,9 +264,8 @@ impl<'a> Batcher<'a> {
                 };
                 // A draw from the prior is the same in every run at this step
                 // (common random numbers): made once, shared.
-                let from_prior = *from == Distribution::Prior || self.proposal.is_none();
                 let (batch, reward) = match self.ctx.shared {
-                    Some(cache) if from_prior => {
+                    Some(cache) if self.draws_prior(*from) => {
                         let task = self.ctx.task;
                         let config = sampling.as_ref().unwrap_or(self.ctx.sampling);
                         let key = SampleKey::new(
@@ -322,6 +321,7 @@ impl<'a> Batcher<'a> {
         };
         let prior = self.ctx.prior;
         match (from, self.proposal.as_deref()) {
+            // The cases `draws_prior` names.
             (Distribution::Prior, _) | (_, None) => draw(prior, count, seed),
             (Distribution::Proposal, Some(q)) => draw(q, count, seed),
             (Distribution::Mixture { prior_fraction: f }, Some(q)) => {
@@ -341,6 +341,12 @@ impl<'a> Batcher<'a> {
                 batch
             }
         }
+    }
+
+    /// Whether a draw from `from` is a draw from the prior: asked for, or
+    /// before the first proposal refresh.
+    fn draws_prior(&self, from: Distribution) -> bool {
+        from == Distribution::Prior || self.proposal.is_none()
     }
 
     /// Each step prompt's reference output as a batch `[P]` (`proposal_logp`

@@ -173,12 +173,6 @@ struct How {
     resume: bool,
 }
 
-/// A name that stays inside `results/` (the loader says what is wrong with
-/// any other).
-fn plain_name(name: &str) -> bool {
-    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
-}
-
 /// The manifest's `name` as written (before its plugins are built, which may
 /// need the stages): the default output directory is `results/<name>`.
 fn manifest_name(path: &Path, overrides: &[String]) -> Option<String> {
@@ -225,7 +219,8 @@ fn experiment(path: &Path, overrides: &[String], out: Option<PathBuf>, how: How)
     // readable name is the loader's to report, below.
     let early = out.clone().or_else(|| {
         manifest_name(path, overrides)
-            .filter(|n| plain_name(n))
+            // Any other name is the loader's to refuse, with its location.
+            .filter(|n| align_core::manifest::limits::plain_name(n).is_ok())
             .map(|n| PathBuf::from("results").join(n))
     });
     let mut locked = None;
