@@ -2,6 +2,15 @@
 //! the step's prompts (or preference pairs), draws and scores the candidates,
 //! keeps the subset the loss reads, and computes the log-probs under the
 //! prior, the proposal and the policy.
+//!
+//! Work that the loop would repeat is done once: a draw from the prior is
+//! shared by the manifest's runs ([`SampleCache`]); its prior log-probs are
+//! the sampler's own (recorded from the logits that drew each token), not a
+//! second forward pass; a dataset pair's prior log-probs are computed the
+//! first time a run meets the pair and kept for its later epochs.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -60,6 +69,8 @@ pub struct Batcher<'a> {
     references: Option<Vec<Vec<i64>>>,
     /// `None`: the proposal is the prior.
     proposal: Option<Box<dyn Policy>>,
+    /// Prior log-probs `(chosen, rejected)` of every dataset pair met so far.
+    pair_prior: RefCell<HashMap<usize, (f32, f32)>>,
 }
 
 impl<'a> Batcher<'a> {
@@ -112,6 +123,7 @@ impl<'a> Batcher<'a> {
             order,
             references,
             proposal: None,
+            pair_prior: RefCell::new(HashMap::new()),
         })
     }
 
@@ -131,10 +143,62 @@ impl<'a> Batcher<'a> {
 
     /// Moves past `steps` steps taken before a resume: the data order ends
     /// where it stood after them (every other draw is seeded by its step).
+    /// The prior log-probs of the dataset pairs those steps met are
+    /// recomputed as they were then (the same pairs in the same batches), so
+    /// the resumed run reads the numbers the uninterrupted one kept.
     pub fn skip(&mut self, steps: usize) {
         for _ in 0..steps {
-            self.order.next();
+            let items = self.order.next();
+            if self.caches_pair_prior() {
+                let _ = self.pair_prior_logp(&items); // kept in the map
+            }
         }
+    }
+
+    /// Whether the step's candidates are its dataset pairs alone, whose prior
+    /// log-probs are then kept across epochs.
+    fn caches_pair_prior(&self) -> bool {
+        self.plan.subset.is_none()
+            && self.plan.candidates.len() == 1
+            && matches!(self.plan.candidates[0], Candidates::DatasetPair)
+    }
+
+    /// Prior log-probs `[2·P]` of the pairs at `items` (rows chosen, rejected
+    /// per pair), computing those not met before in one batch.
+    fn pair_prior_logp(&self, items: &[usize]) -> Tensor {
+        let pairs = self.ctx.task.train_pairs().expect("checked in new");
+        let device = self.ctx.prior.device();
+        let mut known = self.pair_prior.borrow_mut();
+        let mut missing: Vec<usize> = items
+            .iter()
+            .copied()
+            .filter(|i| !known.contains_key(i))
+            .collect();
+        missing.retain({
+            let mut seen = std::collections::HashSet::new();
+            move |i| seen.insert(*i)
+        });
+        if !missing.is_empty() {
+            let _guard = tch::no_grad_guard();
+            let batch = dataset_pairs(pairs, &missing, device);
+            let logp = Vec::<f32>::try_from(
+                policy_logprobs(self.ctx.prior, &batch)
+                    .to_device(Device::Cpu)
+                    .to_kind(Kind::Float),
+            )
+            .expect("a [2·P] f32 tensor");
+            for (j, &i) in missing.iter().enumerate() {
+                known.insert(i, (logp[2 * j], logp[2 * j + 1]));
+            }
+        }
+        let values: Vec<f32> = items
+            .iter()
+            .flat_map(|i| {
+                let (chosen, rejected) = known[i];
+                [chosen, rejected]
+            })
+            .collect();
+        Tensor::from_slice(&values).to_device(device)
     }
 
     /// The inputs of step `step` (0-based) for `policy`, whose log-probs carry
@@ -165,14 +229,33 @@ impl<'a> Batcher<'a> {
             sets.push(self.candidates(c, &items, &prompts, references.as_ref(), set_seed)?);
         }
         let counts: Vec<i64> = self.plan.candidates.iter().map(Candidates::count).collect();
-        let (batches, rewards): (Vec<SampleBatch>, Vec<Tensor>) = sets.into_iter().unzip();
+        let mut batches = Vec::with_capacity(sets.len());
+        let mut rewards = Vec::with_capacity(sets.len());
+        let mut known_prior = Vec::with_capacity(sets.len());
+        for (batch, reward, prior) in sets {
+            batches.push(batch);
+            rewards.push(reward);
+            known_prior.push(prior);
+        }
+        // Every row's prior log-prob when each set brought its own: `[P·n]`,
+        // in the rows' prompt-major order.
+        let known_prior: Option<Tensor> = known_prior
+            .into_iter()
+            .collect::<Option<Vec<Tensor>>>()
+            .map(|sets| {
+                let all = Tensor::cat(&sets, 0);
+                match prompt_major_order(&counts, p) {
+                    Some(order) => all.index_select(0, &order.to_device(all.device())),
+                    None => all,
+                }
+            });
         let batch = group_by_prompt(batches, &counts, p);
         let reward = Tensor::cat(&rewards, 1); // [P, n]
         let n = reward.size()[1];
         let reward_mean = reward.mean(Kind::Double).double_value(&[]);
 
         // The subset the loss reads; only it is scored by the prior and the policy.
-        let (batch, reward) = match &self.plan.subset {
+        let (batch, reward, known_prior) = match &self.plan.subset {
             Some(choose) => {
                 let index = choose(&reward, seed).to_device(reward.device()); // [P, k]
                 let k = index.size()[1];
@@ -181,9 +264,10 @@ impl<'a> Batcher<'a> {
                 (
                     batch.select_rows(&rows),
                     reward.gather(1, &index, false).view([p, k]),
+                    known_prior.map(|t| t.index_select(0, &rows.to_device(t.device()))),
                 )
             }
-            None => (batch, reward),
+            None => (batch, reward, known_prior),
         };
         let k = reward.size()[1];
         let (prior_logp, log_goodness) = {
@@ -201,7 +285,11 @@ impl<'a> Batcher<'a> {
                 .ctx
                 .goodness
                 .log_goodness(&reward.view([-1]), reference_reward.as_ref())?;
-            (policy_logprobs(self.ctx.prior, &batch), log_goodness)
+            let prior_logp = match known_prior {
+                Some(known) => known,
+                None => policy_logprobs(self.ctx.prior, &batch),
+            };
+            (prior_logp, log_goodness)
         };
         let reference_policy_logp = match &references {
             Some(refs) if self.plan.reference_logp => {
@@ -225,8 +313,9 @@ impl<'a> Batcher<'a> {
         })
     }
 
-    /// One candidate set for the step's prompts: the batch `[P·c]` and its
-    /// rewards `[P, c]`.
+    /// One candidate set for the step's prompts: the batch `[P·c]`, its
+    /// rewards `[P, c]` and, where they are known without a forward pass,
+    /// its prior log-probs `[P·c]`.
     fn candidates(
         &self,
         c: &Candidates,
@@ -234,7 +323,7 @@ impl<'a> Batcher<'a> {
         prompts: &[Prompt],
         references: Option<&StepReferences>,
         seed: u64,
-    ) -> anyhow::Result<(SampleBatch, Tensor)> {
+    ) -> anyhow::Result<(SampleBatch, Tensor, Option<Tensor>)> {
         let p = prompts.len() as i64;
         let device = self.ctx.prior.device();
         match c {
@@ -245,12 +334,15 @@ impl<'a> Batcher<'a> {
                 let reward = Tensor::from_slice(&[1.0f32, 0.0])
                     .to_device(device)
                     .repeat([p, 1]);
-                Ok((batch, reward))
+                let prior = self
+                    .caches_pair_prior()
+                    .then(|| self.pair_prior_logp(items));
+                Ok((batch, reward, prior))
             }
             Candidates::Reference => {
                 let refs = references.expect("built in next: the plan reads references");
                 let reward = refs.reward.as_ref().expect("scored: a candidate set");
-                Ok((refs.batch.shallow_clone(), reward.view([p, 1])))
+                Ok((refs.batch.shallow_clone(), reward.view([p, 1]), None))
             }
             Candidates::Sample {
                 from,
@@ -280,7 +372,12 @@ impl<'a> Batcher<'a> {
                     }
                     _ => draw()?,
                 };
-                Ok((batch, reward.view([p, *count])))
+                // The sampler's temperature-1 log-probs of a draw from the
+                // prior are the prior's log-probs.
+                let prior = self
+                    .draws_prior(*from)
+                    .then(|| batch.model_logp.shallow_clone());
+                Ok((batch, reward.view([p, *count]), prior))
             }
         }
     }
@@ -389,10 +486,19 @@ struct StepReferences {
 fn group_by_prompt(sets: Vec<SampleBatch>, counts: &[i64], p: i64) -> SampleBatch {
     let mut sets = sets.into_iter();
     let first = sets.next().expect("at least one set");
-    if counts.len() == 1 {
+    let Some(order) = prompt_major_order(counts, p) else {
         return first;
-    }
+    };
     let all = sets.fold(first, |a, b| SampleBatch::cat(&a, &b));
+    all.select_rows(&order)
+}
+
+/// Where each row of [`group_by_prompt`]'s result comes from in the sets
+/// laid end to end; `None` for a single set (already prompt-major).
+fn prompt_major_order(counts: &[i64], p: i64) -> Option<Tensor> {
+    if counts.len() == 1 {
+        return None;
+    }
     // Rows are [set 0 of every prompt, set 1 of every prompt, …].
     let starts: Vec<i64> = counts
         .iter()
@@ -410,7 +516,7 @@ fn group_by_prompt(sets: Vec<SampleBatch>, counts: &[i64], p: i64) -> SampleBatc
                 .flat_map(move |(&c, &start)| (0..c).map(move |j| start + i * c + j))
         })
         .collect();
-    all.select_rows(&Tensor::from_slice(&order))
+    Some(Tensor::from_slice(&order))
 }
 
 /// The pairs at `index` as a batch: rows `2i` chosen, `2i + 1` rejected.
@@ -494,6 +600,154 @@ mod tests {
                 vec![22, 22]
             ]
         );
+    }
+
+    /// A bigram model that counts the forward passes made through it.
+    struct Counting {
+        vs: tch::nn::VarStore,
+        table: Tensor,
+        forwards: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Counting {
+        fn new() -> Counting {
+            tch::manual_seed(5);
+            Counting {
+                vs: tch::nn::VarStore::new(Device::Cpu),
+                table: Tensor::randn([4, 4], (Kind::Float, Device::Cpu)),
+                forwards: Default::default(),
+            }
+        }
+
+        fn forwards(&self) -> usize {
+            self.forwards.load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+
+    impl Policy for Counting {
+        fn forward(&self, ids: &Tensor, _mask: &Tensor) -> Tensor {
+            self.forwards
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let (b, t) = ids.size2().unwrap();
+            self.table.index_select(0, &ids.view([-1])).view([b, t, 4])
+        }
+        fn vocab_size(&self) -> i64 {
+            4
+        }
+        fn var_store(&self) -> &tch::nn::VarStore {
+            &self.vs
+        }
+        fn var_store_mut(&mut self) -> &mut tch::nn::VarStore {
+            &mut self.vs
+        }
+    }
+
+    struct Pairs {
+        prompts: Vec<Prompt>,
+        pairs: Vec<crate::task::TokenPair>,
+    }
+
+    impl Task for Pairs {
+        fn train_prompts(&self) -> &[Prompt] {
+            &self.prompts
+        }
+        fn eval_prompts(&self) -> &[Prompt] {
+            &self.prompts
+        }
+        fn train_pairs(&self) -> Option<&[crate::task::TokenPair]> {
+            Some(&self.pairs)
+        }
+        fn max_new_tokens(&self) -> i64 {
+            3
+        }
+    }
+
+    struct LengthReward;
+
+    impl RewardModel for LengthReward {
+        fn score(&self, batch: &SampleBatch) -> anyhow::Result<Tensor> {
+            Ok(batch.lengths())
+        }
+    }
+
+    struct Identity;
+
+    impl GoodnessModel for Identity {
+        fn log_goodness(&self, reward: &Tensor, _: Option<&Tensor>) -> anyhow::Result<Tensor> {
+            Ok(reward.shallow_clone())
+        }
+    }
+
+    fn task() -> Pairs {
+        let prompts: Vec<Prompt> = (0..3).map(prompt).collect();
+        let pairs = (0..3)
+            .map(|i| crate::task::TokenPair {
+                prompt: prompt(i),
+                chosen: vec![1, (i + 1) % 4],
+                rejected: vec![2, 3, i % 4],
+            })
+            .collect();
+        Pairs { prompts, pairs }
+    }
+
+    /// Draws from the prior bring their prior log-probs from the sampler (no
+    /// second forward pass), equal to a rescoring; dataset pairs are scored
+    /// by the prior once per run, the first time they are met (and again,
+    /// in the same batches, when a resumed run skips its first steps).
+    #[test]
+    fn prior_logprobs_are_computed_once() {
+        let (task, prior, policy) = (task(), Counting::new(), Counting::new());
+        let sampling = SamplingConfig::default();
+        let ctx = |prompts_per_step| BatchContext {
+            task: &task,
+            prior: &prior,
+            reward: &LengthReward,
+            goodness: &Identity,
+            codec: None,
+            sampling: &sampling,
+            seed: 3,
+            prompts_per_step,
+            shared: None,
+        };
+        let mut draws = Batcher::new(ctx(None), DataPlan::sample(Distribution::Prior, 4)).unwrap();
+        let before = prior.forwards();
+        let step = draws.next(0, &policy).unwrap();
+        // The sampler's own passes: one per new token (no KV cache here).
+        assert_eq!(prior.forwards() - before, 3, "no rescoring pass");
+        let g = &step.groups;
+        // The policy has the prior's table: its log-probs are the prior's.
+        assert!(g
+            .prior_logp
+            .allclose(&g.policy_logp.detach(), 1e-6, 1e-6, false));
+
+        // 3 pairs, 2 a step: the first epoch meets every pair once.
+        let mut pairs = Batcher::new(ctx(Some(2)), DataPlan::dataset_pairs()).unwrap();
+        let mut logged = Vec::new();
+        let before = prior.forwards();
+        for s in 0..6 {
+            logged.push(pairs.next(s, &policy).unwrap().groups.prior_logp);
+        }
+        // Steps 0 and 1 meet all 3 pairs (2 + 1 new): two passes, then none.
+        assert_eq!(prior.forwards() - before, 2, "prior passes over 6 steps");
+        // A resumed batcher rebuilds the same numbers from the skipped steps.
+        let mut resumed = Batcher::new(ctx(Some(2)), DataPlan::dataset_pairs()).unwrap();
+        resumed.skip(3);
+        for (s, want) in logged.iter().enumerate().skip(3) {
+            let got = resumed.next(s, &policy).unwrap().groups.prior_logp;
+            assert!(got.equal(want), "step {s}: {got:?} vs {want:?}");
+        }
+        // And every value is the prior's log-prob of that pair.
+        let fresh = policy_logprobs(&prior, &dataset_pairs(&task.pairs, &[0, 1, 2], Device::Cpu));
+        let cached: Vec<f32> = Vec::try_from(
+            Batcher::new(ctx(None), DataPlan::dataset_pairs())
+                .unwrap()
+                .pair_prior_logp(&[0, 1, 2]),
+        )
+        .unwrap();
+        let fresh: Vec<f32> = Vec::try_from(fresh).unwrap();
+        for (a, b) in cached.iter().zip(&fresh) {
+            assert!((a - b).abs() < 1e-6, "{cached:?} vs {fresh:?}");
+        }
     }
 
     #[test]

@@ -43,8 +43,48 @@ pub fn completion_lengths(completion_mask: &Tensor) -> Tensor {
 /// `log π(y|x)` of every sample in `batch` under `policy` → `[B]`.
 /// Runs with gradient if the policy's parameters require it.
 pub fn policy_logprobs(policy: &dyn Policy, batch: &SampleBatch) -> Tensor {
-    let logits = policy.forward(&batch.input_ids, &batch.attention_mask); // [B, T, V]
-    sequence_logprobs(&logits, &batch.input_ids, &batch.completion_mask)
+    policy.sequence_logprobs(
+        &batch.input_ids,
+        &batch.attention_mask,
+        &batch.completion_mask,
+    )
+}
+
+/// [`sequence_logprobs`] from hidden states, computing logits only where a
+/// completion token is predicted: `hidden` `[B, T, H]`, `logits` maps
+/// `[N, H]` → `[N, V]` → `[B]`. A prompt of Tp tokens then costs no
+/// `[Tp, V]` logits, no softmax over them and no gradient through them.
+pub fn completion_logprobs(
+    hidden: &Tensor,
+    logits: impl Fn(&Tensor) -> Tensor,
+    input_ids: &Tensor,
+    completion_mask: &Tensor,
+) -> Tensor {
+    let (b, t, h) = hidden.size3().expect("hidden is [B, T, H]");
+    // Position t predicts token t + 1: the positions before a completion token.
+    let predicts = completion_mask.narrow(1, 1, t - 1).reshape([-1]).ne(0); // [B·(T-1)]
+    let at = predicts.nonzero().squeeze_dim(1); // [N]
+    let states = hidden
+        .narrow(1, 0, t - 1)
+        .reshape([-1, h])
+        .index_select(0, &at); // [N, H]
+    let targets = input_ids
+        .narrow(1, 1, t - 1)
+        .reshape([-1])
+        .index_select(0, &at); // [N]
+    let logits = logits(&states); // [N, V]
+    let kind = if logits.kind() == Kind::Double {
+        Kind::Double
+    } else {
+        Kind::Float
+    };
+    let logits = logits.to_kind(kind);
+    let picked = logits
+        .gather(1, &targets.unsqueeze(1), false)
+        .squeeze_dim(1); // [N]
+    let token = picked - logits.logsumexp([-1].as_slice(), false); // [N]
+    let rows = at.divide_scalar_mode(t - 1, "floor"); // [N]
+    Tensor::zeros([b], (kind, hidden.device())).index_add(0, &rows, &token)
 }
 
 /// `log Q(y|x)` of every sample in `batch` under the distribution that
@@ -90,5 +130,34 @@ mod tests {
         let want1 = lp(1, 1, 1) + lp(1, 2, 0);
         assert!((got.double_value(&[0]) - want0).abs() < 1e-12);
         assert!((got.double_value(&[1]) - want1).abs() < 1e-12);
+    }
+
+    /// Logits for the completion positions alone give the full computation's
+    /// log-probs and gradients; a row with no completion token gets 0.
+    #[test]
+    fn completion_positions_alone_give_the_same_logprobs_and_gradients() {
+        tch::manual_seed(3);
+        let opts = (Kind::Double, tch::Device::Cpu);
+        let hidden = Tensor::randn([3, 5, 4], opts).set_requires_grad(true);
+        let head = Tensor::randn([7, 4], opts).set_requires_grad(true);
+        let ids =
+            Tensor::from_slice(&[0i64, 3, 6, 1, 2, 5, 5, 2, 0, 0, 4, 4, 4, 4, 4]).view([3, 5]);
+        let cmask =
+            Tensor::from_slice(&[0i64, 0, 1, 1, 1, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0]).view([3, 5]);
+        let full = sequence_logprobs(&hidden.matmul(&head.tr()), &ids, &cmask);
+        let part = completion_logprobs(&hidden, |h| h.matmul(&head.tr()), &ids, &cmask);
+        assert!(
+            part.allclose(&full, 1e-12, 1e-12, false),
+            "{part:?} vs {full:?}"
+        );
+        assert_eq!(part.double_value(&[2]), 0.0);
+        let grads = |y: Tensor| {
+            let g = Tensor::run_backward(&[y.sum(Kind::Double)], &[&hidden, &head], false, false);
+            (g[0].shallow_clone(), g[1].shallow_clone())
+        };
+        let (gh_full, gw_full) = grads(full);
+        let (gh_part, gw_part) = grads(part);
+        assert!(gh_part.allclose(&gh_full, 1e-12, 1e-12, false));
+        assert!(gw_part.allclose(&gw_full, 1e-12, 1e-12, false));
     }
 }

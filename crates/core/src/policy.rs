@@ -9,6 +9,21 @@ pub trait Policy: Send {
     /// may be on either side) → `[B, T, V]`.
     fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Tensor;
 
+    /// `log π(y|x)` of each row: the sum of the log-probs of the tokens
+    /// `completion_mask` `[B, T]` marks, under `attention_mask` → `[B]` f32
+    /// (f64 for f64 models). Models that can compute logits for the
+    /// completion positions alone override it (the prompt's logits are never
+    /// read); the default takes every position's from [`Policy::forward`].
+    fn sequence_logprobs(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        completion_mask: &Tensor,
+    ) -> Tensor {
+        let logits = self.forward(input_ids, attention_mask); // [B, T, V]
+        crate::logprob::sequence_logprobs(&logits, input_ids, completion_mask)
+    }
+
     fn vocab_size(&self) -> i64;
 
     fn var_store(&self) -> &nn::VarStore;
@@ -29,9 +44,19 @@ pub trait Policy: Send {
     /// A frozen copy of this policy (same architecture, its current weights)
     /// made in memory, for models that can; `None` makes [`frozen_copy`]
     /// rebuild the model from its spec (e.g. reading the checkpoint again)
-    /// and copy the weights over.
+    /// and copy the weights over. A model with LoRA adapters shares its
+    /// frozen base weights with the copy and copies only the adapters (a
+    /// prior without adapters gives a copy with fresh ones at zero: the
+    /// same function), so the copy's variable store holds the adapters only.
     fn frozen_clone(&self) -> Option<anyhow::Result<Box<dyn Policy>>> {
         None
+    }
+
+    /// Writes what this model saves beside its variable store when a run
+    /// finishes into `dir` (a LoRA policy: its PEFT adapter directory, and
+    /// the merged model if asked for); returns the names written there.
+    fn export(&self, _dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
+        Ok(Vec::new())
     }
 }
 

@@ -238,6 +238,24 @@ impl<M: CausalLm> Policy for CausalModel<M> {
         self.model.logits(&hidden)
     }
 
+    fn sequence_logprobs(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        completion_mask: &Tensor,
+    ) -> Tensor {
+        let t = input_ids.size()[1];
+        let positions = position_ids(attention_mask);
+        let mask = causal_mask(attention_mask, t);
+        let hidden = self.model.hidden(input_ids, &positions, &mask, None); // [B, T, H]
+        align_core::logprob::completion_logprobs(
+            &hidden,
+            |h| self.model.logits(h),
+            input_ids,
+            completion_mask,
+        )
+    }
+
     fn vocab_size(&self) -> i64 {
         self.vocab
     }

@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod evaluate;
 pub mod outdir;
 pub mod report;
+pub mod samples;
 pub mod sft;
 pub mod stages;
 pub mod train;
@@ -228,9 +229,16 @@ fn run_in(manifest: &Manifest, out_dir: &Path, progress: bool) -> anyhow::Result
     // seeds it finished; the results on disk are rewritten after each run,
     // and each run's checkpoint lets `--resume` skip or continue it.
     let mut markdown = String::new();
-    let shared_samples = align_core::sample_cache::SampleCache::new();
+    let shared_samples = samples::cache(manifest, prior.as_ref(), device, codec.is_some())?;
+    if let Some(dir) = shared_samples.as_ref().and_then(|c| c.dir()) {
+        if progress {
+            eprintln!("Prior samples shared by the runs: {}", dir.display());
+        }
+    }
     for &seed in &manifest.seeds {
-        shared_samples.clear(); // another seed's draws are never asked for again
+        if let Some(c) = &shared_samples {
+            c.clear(); // another seed's draws are never asked for again
+        }
         let prior_dir = checkpoint::dir(out_dir, "prior", seed);
         let done = match checkpoint::load_finished(&prior_dir)? {
             Some(done) => done,
@@ -278,7 +286,7 @@ fn run_in(manifest: &Manifest, out_dir: &Path, progress: bool) -> anyhow::Result
                         reward: reward.as_ref(),
                         codec: codec.as_deref(),
                         seed,
-                        samples: &shared_samples,
+                        samples: shared_samples.as_ref(),
                     };
                     let done = train_run(&setup, &eval_ctx, &dir, progress)
                         .with_context(|| format!("run `{}` (seed {seed})", run.name))?;

@@ -28,16 +28,21 @@ pub struct SftOutcome {
     pub seconds: f64,
 }
 
-/// Where stage outputs are cached: `$BRAIN_RS_CACHE/stages` or
-/// `~/.cache/brain-rs/stages`.
-pub fn stage_root() -> PathBuf {
-    if let Some(d) = std::env::var_os("BRAIN_RS_CACHE") {
-        return PathBuf::from(d).join("stages");
+/// The runner's cache: `$BRAIN_RS_CACHE`, else `~/.cache/brain-rs`.
+pub fn cache_root() -> PathBuf {
+    if let Some(d) = std::env::var_os("BRAIN_RS_CACHE").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
     }
     let home = std::env::var_os("HOME")
         .map(PathBuf::from)
         .unwrap_or_default();
-    home.join(".cache/brain-rs/stages")
+    home.join(".cache/brain-rs")
+}
+
+/// Where stage outputs are cached: `$BRAIN_RS_CACHE/stages` or
+/// `~/.cache/brain-rs/stages`.
+pub fn stage_root() -> PathBuf {
+    cache_root().join("stages")
 }
 
 /// The training pairs: each training prompt with its reference, cut to

@@ -22,7 +22,7 @@ pub struct Setup<'a> {
     /// This run's training seed (one of the manifest's `seeds`).
     pub seed: u64,
     /// Draws from the prior, shared by the manifest's runs at this seed.
-    pub samples: &'a SampleCache,
+    pub samples: Option<&'a SampleCache>,
 }
 
 /// Per-step metrics: `(step, metrics)`; evaluation metrics appear on eval steps.
@@ -97,7 +97,7 @@ pub fn train(
         sampling: &s.run.sampling,
         seed: s.seed,
         prompts_per_step: train.prompts_per_step,
-        shared: Some(s.samples),
+        shared: s.samples,
     };
     let mut batcher = Batcher::new(context, estimator.plan())
         .with_context(|| format!("estimator `{}`", s.run.estimator.plugin))?;

@@ -59,6 +59,34 @@ pub struct TrainConfig {
     /// What a step whose loss or gradient is not finite does.
     #[serde(default)]
     pub on_nonfinite: OnNonfinite,
+    /// Where draws from the prior, shared by the manifest's runs, are kept.
+    #[serde(default, skip_serializing_if = "SampleCacheMode::is_auto")]
+    pub sample_cache: SampleCacheMode,
+}
+
+/// `train.sample_cache`: the prior's draws at a step are the same in every
+/// run of a manifest (common random numbers), so they are drawn and scored
+/// once and shared. `"disk"` also keeps them in files
+/// (`$BRAIN_RS_CACHE/samples`, else `~/.cache/brain-rs/samples`), keyed by
+/// everything that determines them, so a rerun with another estimator added,
+/// or a resumed run, reads them back; `"memory"` shares them within one
+/// process; `"off"` draws for every run. `"auto"` (the default) is `"disk"`
+/// for text tasks, where a draw costs a model's decoding, and `"memory"` for
+/// toy tasks, where a file would cost more than the draw.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SampleCacheMode {
+    #[default]
+    Auto,
+    Disk,
+    Memory,
+    Off,
+}
+
+impl SampleCacheMode {
+    fn is_auto(&self) -> bool {
+        *self == SampleCacheMode::Auto
+    }
 }
 
 /// `train.on_nonfinite`: a non-finite loss or gradient either skips the
