@@ -17,6 +17,7 @@ use crate::error::{ModelError, Result};
 use crate::gpt2::{Gpt2, Gpt2Config};
 use crate::gpt_neox::{GptNeoX, GptNeoXConfig};
 use crate::llama::{Llama, LlamaConfig};
+use crate::lora::LoraConfig;
 use crate::tokenizer::TextTokenizer;
 use crate::weights::{DType, Weights};
 
@@ -281,11 +282,7 @@ fn declare_decoder_within(
     };
     Ok(match architecture {
         Architecture::Llama => {
-            let cfg: LlamaConfig = parse(config_path, &config)?;
-            admit(cfg.validate(config_path)?)?;
-            let scaling = cfg.rope.scaling(config_path)?;
-            let act = activation(config_path, &cfg.hidden_act)?;
-            let model = Llama::new(root, &cfg, act, theta(config_path, &cfg.rope)?, scaling);
+            let (model, cfg) = declare_llama(config_path, &config, root, budget)?;
             body(Box::new(model), cfg.vocab_size, cfg.hidden_size, &[])
         }
         Architecture::Gpt2 => {
@@ -309,6 +306,91 @@ fn declare_decoder_within(
             let model = GptNeoX::new(root, &cfg, act, theta, partial, scaling);
             body(Box::new(model), cfg.vocab_size, cfg.hidden_size, &[])
         }
+    })
+}
+
+/// Declares the Llama a parsed `config.json` describes under `root`, its
+/// sizes checked (against `budget` too, when given).
+fn declare_llama(
+    config_path: &Path,
+    config: &serde_json::Value,
+    root: nn::Path,
+    budget: Option<&Budget>,
+) -> Result<(Llama, LlamaConfig)> {
+    let cfg: LlamaConfig = parse(config_path, config)?;
+    let params = cfg.validate(config_path)?;
+    if let Some(b) = budget {
+        b.admit(config_path, params)?;
+    }
+    let scaling = cfg.rope.scaling(config_path)?;
+    let act = activation(config_path, &cfg.hidden_act)?;
+    let model = Llama::new(root, &cfg, act, theta(config_path, &cfg.rope)?, scaling);
+    Ok((model, cfg))
+}
+
+/// A Llama loaded with its weights, typed (for LoRA): its variable store,
+/// the model, its vocabulary and `config.json`.
+pub struct LlamaParts {
+    pub vs: nn::VarStore,
+    pub model: Llama,
+    pub vocab: i64,
+    pub config: serde_json::Value,
+    /// A GGUF file's rebuilt tokenizer files, when asked for.
+    pub gguf_files: Option<crate::lora::GgufFiles>,
+}
+
+/// Loads the Llama at `path` (an HF directory or a `.gguf` file) as
+/// [`load`] does, but typed; any other architecture is refused, naming it.
+/// `keep_files` keeps a GGUF file's rebuilt tokenizer files.
+pub fn load_llama(
+    path: &Path,
+    dtype: DType,
+    device: Device,
+    keep_files: bool,
+) -> Result<LlamaParts> {
+    let llama_only = |config_path: &Path, config: &serde_json::Value| -> Result<()> {
+        match architecture(config_path, config)? {
+            Architecture::Llama => Ok(()),
+            other => Err(ModelError::file(
+                config_path,
+                format!(
+                    "LoRA adapters (`lora`, `adapter`) are implemented for Llama models; this \
+                     is {other:?}: drop them to fine-tune every weight"
+                ),
+            )),
+        }
+    };
+    let is_gguf = path.is_file() && path.extension().is_some_and(|e| e == "gguf");
+    let (config_path, config, weights, gguf_files) = if is_gguf {
+        let imported = crate::gguf::import(path)?;
+        let files = keep_files.then(|| crate::lora::GgufFiles {
+            tokenizer_json: imported
+                .tokenizer
+                .as_ref()
+                .and_then(|t| t.to_string(true).ok()),
+            tokenizer_config: imported.tokenizer_config.clone(),
+            generation_config: imported.generation_config.clone(),
+        });
+        let weights = Weights::from_tensors(path, imported.tensors);
+        (path.to_path_buf(), imported.config, weights, files)
+    } else {
+        let (config_path, config) = dir_config(path)?;
+        llama_only(&config_path, &config)?; // before reading the weights
+        let weights = Weights::from_dir(path)?;
+        (config_path, config, weights, None)
+    };
+    llama_only(&config_path, &config)?;
+    let mut vs = nn::VarStore::new(device);
+    let (model, cfg) = declare_llama(&config_path, &config, vs.root(), Some(&weights.budget()))?;
+    weights.load_into(&vs, &[])?;
+    drop(weights);
+    vs.set_kind(dtype.kind());
+    Ok(LlamaParts {
+        vs,
+        model,
+        vocab: cfg.vocab_size,
+        config,
+        gguf_files,
     })
 }
 
@@ -404,12 +486,9 @@ pub fn check_context(
     }
 }
 
-/// Loads an HF directory (`config.json`, safetensors, `tokenizer.json`) or a
-/// `.gguf` file.
-pub fn load(path: &Path, dtype: DType, device: Device) -> Result<LanguageModel> {
-    if path.is_file() && path.extension().is_some_and(|e| e == "gguf") {
-        return crate::gguf::load(path, dtype, device);
-    }
+/// An HF model directory's `config.json`, checked before any weight is
+/// read: a known architecture, and a language model (not a reward model).
+fn dir_config(path: &Path) -> Result<(PathBuf, serde_json::Value)> {
     if !path.exists() {
         return Err(ModelError::NotFound(path.to_path_buf()));
     }
@@ -430,6 +509,16 @@ pub fn load(path: &Path, dtype: DType, device: Device) -> Result<LanguageModel> 
              use it as a reward: `[reward.hf-rm] path = \"…\"`",
         ));
     }
+    Ok((config_path, config))
+}
+
+/// Loads an HF directory (`config.json`, safetensors, `tokenizer.json`) or a
+/// `.gguf` file.
+pub fn load(path: &Path, dtype: DType, device: Device) -> Result<LanguageModel> {
+    if path.is_file() && path.extension().is_some_and(|e| e == "gguf") {
+        return crate::gguf::load(path, dtype, device);
+    }
+    let (config_path, config) = dir_config(path)?;
     let weights = Weights::from_dir(path)?;
     let (policy, architecture) = build_causal(&config_path, &config, &weights, dtype, device)?;
     let tokenizer = if path.join("tokenizer.json").is_file() {
@@ -455,6 +544,13 @@ pub struct HfModelConfig {
     /// Parameter dtype: "f32" (default), "bf16" or "f16".
     #[serde(default)]
     pub dtype: DType,
+    /// Train LoRA adapters instead of the weights (Llama): see [`crate::lora`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraConfig>,
+    /// A saved adapter (a PEFT directory: `adapter_config.json` and
+    /// `adapter_model.safetensors`) to attach to the model on load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<InputPath>,
 }
 
 pub struct HfSpec(HfModelConfig);
@@ -474,21 +570,36 @@ impl ModelSpec for HfSpec {
             let config: serde_json::Value = read_json(&path.join("config.json"))?;
             check_context(path, max_positions(&config), ctx.max_len)?;
         }
-        let lm = load(path, self.0.dtype, ctx.device)?;
+        let (policy, max_positions): (Box<dyn Policy>, _) =
+            if self.0.lora.is_some() || self.0.adapter.is_some() {
+                let model = crate::lora::build(
+                    path,
+                    self.0.dtype,
+                    ctx.device,
+                    self.0.lora.as_ref(),
+                    self.0.adapter.as_ref().map(|a| a.path()),
+                    ctx.seed,
+                )?;
+                let positions = max_positions(model.base_config()).map(|(n, _)| n);
+                (Box::new(model), positions)
+            } else {
+                let lm = load(path, self.0.dtype, ctx.device)?;
+                (lm.policy, lm.max_positions)
+            };
         if !path.is_dir() {
             // A GGUF file: its `llama.context_length`.
-            let capacity = lm.max_positions.map(|n| (n, "llama.context_length"));
+            let capacity = max_positions.map(|n| (n, "llama.context_length"));
             check_context(path, capacity, ctx.max_len)?;
         }
         if let Some(task_vocab) = ctx.vocab_size {
             anyhow::ensure!(
-                task_vocab <= lm.policy.vocab_size(),
+                task_vocab <= policy.vocab_size(),
                 "{}: the task's vocabulary ({task_vocab}) is larger than the model's ({})",
                 self.0.path.path().display(),
-                lm.policy.vocab_size()
+                policy.vocab_size()
             );
         }
-        Ok(lm.policy)
+        Ok(policy)
     }
 
     fn codec(&self) -> anyhow::Result<Option<std::sync::Arc<dyn align_core::TextCodec>>> {
@@ -525,6 +636,41 @@ fn construct(de: ConfigDeserializer) -> std::result::Result<Built<dyn ModelSpec>
                     p.display()
                 ),
             ));
+        }
+        if let Some(lora) = &c.lora {
+            lora.check()
+                .map_err(|(key, m)| PluginError::invalid("lora", format!("`{key}` {m}")))?;
+        }
+        if let Some(adapter) = &mut c.adapter {
+            base.resolve("adapter", adapter)?;
+            let dir = adapter.path();
+            if !dir.join("adapter_config.json").is_file() {
+                return Err(PluginError::invalid(
+                    "adapter",
+                    format!(
+                        "{} has no adapter_config.json; give a PEFT adapter directory",
+                        dir.display()
+                    ),
+                ));
+            }
+        }
+        if c.lora.is_some() || c.adapter.is_some() {
+            // LoRA is Llama's: say so before any weight is read.
+            let key = if c.lora.is_some() { "lora" } else { "adapter" };
+            let config_path = p.join("config.json");
+            if let Ok(config) = read_json::<serde_json::Value>(&config_path) {
+                if let Ok(other @ (Architecture::Gpt2 | Architecture::GptNeoX)) =
+                    architecture(&config_path, &config)
+                {
+                    return Err(PluginError::invalid(
+                        key,
+                        format!(
+                            "LoRA adapters are implemented for Llama models; {} is {other:?}",
+                            p.display()
+                        ),
+                    ));
+                }
+            }
         }
         Ok(Box::new(HfSpec(c.clone())) as Box<dyn ModelSpec>)
     })

@@ -4,6 +4,7 @@
 //! - [`hf`]: the `hf` plugin — pretrained transformer LMs from an HF directory
 //!   ([`llama`], [`gpt2`], [`gpt_neox`]) or a Llama [`gguf`] file, with their
 //!   [`tokenizer`]. [`bert`] is an encoder for reward models (not a policy).
+//! - [`lora`]: LoRA adapters on Llama (`[model.hf] lora = { … }`), PEFT's layout.
 
 pub mod bert;
 pub mod check;
@@ -14,6 +15,7 @@ pub mod gpt2;
 pub mod gpt_neox;
 pub mod hf;
 pub mod llama;
+pub mod lora;
 #[cfg(feature = "cpu-decode-kernel")]
 mod openmp;
 pub mod tabular;

@@ -1,7 +1,8 @@
 //! Llama (and the models that share its layout: SmolLM2, Llama-2/3 (with
 //! Llama-3 RoPE scaling), TinyLlama, Mistral without sliding windows): RMSNorm, RoPE
 //! with a configurable base, grouped-query attention, SwiGLU MLP, tied or
-//! untied embeddings. Parameter paths equal HF's safetensors keys.
+//! untied embeddings. Parameter paths equal HF's safetensors keys. Each
+//! projection may carry a LoRA adapter ([`crate::lora`]).
 
 // `x = x + y`, not `x += y`: tch's `+=` is in place, and the residual stream
 // is saved by the next norm for the backward pass.
@@ -22,6 +23,7 @@ use crate::common::{
     attention, split_heads, Activation, CausalLm, KvCache, Linear, RmsNorm, Rope, RopeScaling,
 };
 use crate::hf::RopeParameters;
+use crate::lora::{self, LoraLinear};
 
 /// The `config.json` keys Llama reads (others are ignored).
 #[derive(Debug, Clone, Deserialize)]
@@ -140,14 +142,41 @@ impl LlamaConfig {
 
 struct Layer {
     input_layernorm: RmsNorm,
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
+    q_proj: LoraLinear,
+    k_proj: LoraLinear,
+    v_proj: LoraLinear,
+    o_proj: LoraLinear,
     post_attention_layernorm: RmsNorm,
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
+    gate_proj: LoraLinear,
+    up_proj: LoraLinear,
+    down_proj: LoraLinear,
+}
+
+impl Layer {
+    /// The projections by their path in the layer (PEFT's module names).
+    fn projections(&self) -> [(&'static str, &LoraLinear); 7] {
+        [
+            ("self_attn.q_proj", &self.q_proj),
+            ("self_attn.k_proj", &self.k_proj),
+            ("self_attn.v_proj", &self.v_proj),
+            ("self_attn.o_proj", &self.o_proj),
+            ("mlp.gate_proj", &self.gate_proj),
+            ("mlp.up_proj", &self.up_proj),
+            ("mlp.down_proj", &self.down_proj),
+        ]
+    }
+
+    fn projections_mut(&mut self) -> [(&'static str, &mut LoraLinear); 7] {
+        [
+            ("self_attn.q_proj", &mut self.q_proj),
+            ("self_attn.k_proj", &mut self.k_proj),
+            ("self_attn.v_proj", &mut self.v_proj),
+            ("self_attn.o_proj", &mut self.o_proj),
+            ("mlp.gate_proj", &mut self.gate_proj),
+            ("mlp.up_proj", &mut self.up_proj),
+            ("mlp.down_proj", &mut self.down_proj),
+        ]
+    }
 }
 
 pub struct Llama {
@@ -161,6 +190,8 @@ pub struct Llama {
     head_dim: i64,
     act: Activation,
     rope: Rope,
+    /// What [`Rope::new`] was given (copies build their own tables).
+    rope_args: (f64, RopeScaling),
 }
 
 impl Llama {
@@ -183,28 +214,28 @@ impl Llama {
                 let ab = cfg.attention_bias;
                 Layer {
                     input_layernorm: RmsNorm::new(p.sub("input_layernorm"), h, cfg.rms_norm_eps),
-                    q_proj: Linear::new(attn.sub("q_proj"), h, nh * hd, ab),
-                    k_proj: Linear::new(attn.sub("k_proj"), h, nkv * hd, ab),
-                    v_proj: Linear::new(attn.sub("v_proj"), h, nkv * hd, ab),
-                    o_proj: Linear::new(attn.sub("o_proj"), nh * hd, h, ab),
+                    q_proj: LoraLinear::new(attn.sub("q_proj"), h, nh * hd, ab),
+                    k_proj: LoraLinear::new(attn.sub("k_proj"), h, nkv * hd, ab),
+                    v_proj: LoraLinear::new(attn.sub("v_proj"), h, nkv * hd, ab),
+                    o_proj: LoraLinear::new(attn.sub("o_proj"), nh * hd, h, ab),
                     post_attention_layernorm: RmsNorm::new(
                         p.sub("post_attention_layernorm"),
                         h,
                         cfg.rms_norm_eps,
                     ),
-                    gate_proj: Linear::new(
+                    gate_proj: LoraLinear::new(
                         mlp.sub("gate_proj"),
                         h,
                         cfg.intermediate_size,
                         cfg.mlp_bias,
                     ),
-                    up_proj: Linear::new(
+                    up_proj: LoraLinear::new(
                         mlp.sub("up_proj"),
                         h,
                         cfg.intermediate_size,
                         cfg.mlp_bias,
                     ),
-                    down_proj: Linear::new(
+                    down_proj: LoraLinear::new(
                         mlp.sub("down_proj"),
                         cfg.intermediate_size,
                         h,
@@ -228,7 +259,99 @@ impl Llama {
             head_dim: hd,
             act,
             rope: Rope::new(hd, theta, scaling, root.device()),
+            rope_args: (theta, scaling),
         }
+    }
+
+    /// Every projection (the layers' seven linear maps) by its module path,
+    /// e.g. `model.layers.0.self_attn.q_proj`, in layer order.
+    pub fn projections(&self) -> Vec<(String, &LoraLinear)> {
+        let mut out = Vec::with_capacity(self.layers.len() * 7);
+        for (i, l) in self.layers.iter().enumerate() {
+            for (name, p) in l.projections() {
+                out.push((format!("model.layers.{i}.{name}"), p));
+            }
+        }
+        out
+    }
+
+    /// [`Llama::projections`], mutably (to attach or replace adapters).
+    pub fn projections_mut(&mut self) -> Vec<(String, &mut LoraLinear)> {
+        let mut out = Vec::with_capacity(self.layers.len() * 7);
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            for (name, p) in l.projections_mut() {
+                out.push((format!("model.layers.{i}.{name}"), p));
+            }
+        }
+        out
+    }
+
+    /// The same architecture with every base weight replaced by
+    /// `f(name, weight)` (names as declared, e.g. `model.norm.weight`) and no
+    /// adapters: `Tensor::shallow_clone` shares the weights, a copy copies
+    /// them.
+    pub fn map_weights(&self, f: &mut dyn FnMut(&str, &Tensor) -> Tensor) -> Llama {
+        fn linear(
+            f: &mut dyn FnMut(&str, &Tensor) -> Tensor,
+            name: &str,
+            l: &LoraLinear,
+        ) -> LoraLinear {
+            LoraLinear::plain(Linear {
+                weight: f(&format!("{name}.weight"), &l.base.weight),
+                bias: l.base.bias.as_ref().map(|b| f(&format!("{name}.bias"), b)),
+            })
+        }
+        fn norm(f: &mut dyn FnMut(&str, &Tensor) -> Tensor, name: &str, n: &RmsNorm) -> RmsNorm {
+            RmsNorm {
+                weight: f(&format!("{name}.weight"), &n.weight),
+                eps: n.eps,
+            }
+        }
+        let embed_tokens = f("model.embed_tokens.weight", &self.embed_tokens);
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            layers.push(Layer {
+                input_layernorm: norm(f, &format!("{p}.input_layernorm"), &l.input_layernorm),
+                q_proj: linear(f, &format!("{p}.self_attn.q_proj"), &l.q_proj),
+                k_proj: linear(f, &format!("{p}.self_attn.k_proj"), &l.k_proj),
+                v_proj: linear(f, &format!("{p}.self_attn.v_proj"), &l.v_proj),
+                o_proj: linear(f, &format!("{p}.self_attn.o_proj"), &l.o_proj),
+                post_attention_layernorm: norm(
+                    f,
+                    &format!("{p}.post_attention_layernorm"),
+                    &l.post_attention_layernorm,
+                ),
+                gate_proj: linear(f, &format!("{p}.mlp.gate_proj"), &l.gate_proj),
+                up_proj: linear(f, &format!("{p}.mlp.up_proj"), &l.up_proj),
+                down_proj: linear(f, &format!("{p}.mlp.down_proj"), &l.down_proj),
+            });
+        }
+        let norm = norm(f, "model.norm", &self.norm);
+        let lm_head = self.lm_head.as_ref().map(|t| f("lm_head.weight", t));
+        let (theta, scaling) = self.rope_args;
+        Llama {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+            act: self.act,
+            rope: Rope::new(self.head_dim, theta, scaling, self.embed_tokens.device()),
+            rope_args: self.rope_args,
+        }
+    }
+
+    /// Every base weight (no adapter) by its HF name, sharing storage.
+    pub fn base_weights(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        self.map_weights(&mut |name, t| {
+            out.push((name.to_string(), t.shallow_clone()));
+            t.shallow_clone()
+        });
+        out
     }
 }
 
@@ -242,12 +365,16 @@ impl CausalLm for Llama {
     ) -> Tensor {
         let (cos, sin) = self.rope.cos_sin(position_ids); // [B, 1, T, D]
         let scale = 1.0 / (self.head_dim as f64).sqrt();
+        // Only a training forward with adapter dropout has a key (see `lora`).
+        let key = lora::dropout_key(self.projections().into_iter().map(|(_, p)| p), input_ids);
         let mut x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false); // [B, T, H]
         for (i, l) in self.layers.iter().enumerate() {
+            // One dropout mask per projection.
+            let dk = |j: u64| key.map(|key| lora::mix(key, i as u64 * 8 + j));
             let h = l.input_layernorm.forward(&x);
-            let q = split_heads(&l.q_proj.forward(&h), self.heads); // [B, nh, T, D]
-            let k = split_heads(&l.k_proj.forward(&h), self.kv_heads);
-            let v = split_heads(&l.v_proj.forward(&h), self.kv_heads);
+            let q = split_heads(&l.q_proj.forward(&h, dk(0)), self.heads); // [B, nh, T, D]
+            let k = split_heads(&l.k_proj.forward(&h, dk(1)), self.kv_heads);
+            let v = split_heads(&l.v_proj.forward(&h, dk(2)), self.kv_heads);
             let q = Rope::apply(&q, &cos, &sin);
             let k = Rope::apply(&k, &cos, &sin);
             let (k, v) = match cache.as_deref_mut() {
@@ -255,10 +382,12 @@ impl CausalLm for Llama {
                 None => (k, v),
             };
             let a = attention(&q, &k, &v, mask, scale); // [B, T, nh·D]
-            x = x + l.o_proj.forward(&a);
+            x = x + l.o_proj.forward(&a, dk(3));
             let h = l.post_attention_layernorm.forward(&x);
-            let gate = self.act.apply(&l.gate_proj.forward(&h));
-            x = x + l.down_proj.forward(&(gate * l.up_proj.forward(&h)));
+            let gate = self.act.apply(&l.gate_proj.forward(&h, dk(4)));
+            x = x + l
+                .down_proj
+                .forward(&(gate * l.up_proj.forward(&h, dk(5))), dk(6));
         }
         self.norm.forward(&x)
     }

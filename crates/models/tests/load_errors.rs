@@ -650,6 +650,8 @@ fn hf_spec(path: &Path) -> HfSpec {
     HfSpec::new(HfModelConfig {
         path: align_core::manifest::InputPath::new(path),
         dtype: DType::F32,
+        lora: None,
+        adapter: None,
     })
 }
 

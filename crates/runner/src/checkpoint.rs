@@ -7,7 +7,10 @@
 //!   `proposal.safetensors` (after a proposal refresh) and `state.json` (the
 //!   step, the step log and every evaluation so far, the seconds spent);
 //! - once it finished: `model.safetensors` (the aligned policy) and
-//!   `finished.json` (its summary record, judged samples and step log).
+//!   `finished.json` (its summary record, judged samples and step log); a
+//!   LoRA policy (whose variable store is its adapters) also writes
+//!   `adapter/` in PEFT's layout, and `merged/` (an HF directory) with
+//!   `merge = true`.
 //!
 //! Every draw is seeded by its step, the data order is replayed, and the
 //! weights and moments are saved bit for bit, so a resumed run continues
@@ -260,6 +263,8 @@ pub fn save_finished(
     write_dir_atomic(dir, |tmp| {
         if let Some(p) = policy {
             p.var_store().save(tmp.join("model.safetensors"))?;
+            // A LoRA policy's PEFT adapter (and merged model) beside it.
+            p.export(tmp)?;
         }
         write_atomic(
             &tmp.join("finished.json"),
