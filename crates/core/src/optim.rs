@@ -163,7 +163,7 @@ impl Optimizer {
                 }
             }
             if p.master.is_some() {
-                let _ = p.value.copy_(&w); // rounded to the weight's kind
+                p.value.copy_(&w); // rounded to the weight's kind
             }
         }
     }
@@ -587,7 +587,7 @@ mod tests {
         );
 
         let (vs2, mut w2) = make(Kind::BFloat16);
-        let _ = tch::no_grad(|| w2.copy_(&saved));
+        tch::no_grad(|| w2.copy_(&saved));
         let mut opt2 = Optimizer::new(OptimizerKind::Adam, &vs2, 1e-4).unwrap();
         opt2.load_state(40, state).unwrap();
         train(&vs2, &w2, &mut opt2, 60);

@@ -1,7 +1,9 @@
-//! `x · Wᵀ` for one decoding step of SmolLM2-135M (16 rows, f32, CPU),
-//! side by side: LibTorch's `linear` (MKL) against `common::linear`, which
-//! routes these shapes to `align_kernels::linear_few_rows` on LibTorch's
-//! OpenMP team. Threads: `BENCH_THREADS` (default 2).
+//! `x · Wᵀ` for one decoding step of SmolLM2-135M (16 rows, CPU), side by
+//! side: LibTorch's `linear` (MKL) against `common::linear`, which routes
+//! these shapes to `align_kernels` on LibTorch's OpenMP team; with f32
+//! weights, and with bf16 weights (LibTorch's bf16 `linear` against ours,
+//! for f32 and for bf16 activations). Each group's throughput is the bytes
+//! of the weight matrix it reads. Threads: `BENCH_THREADS` (default 2).
 //!
 //!     cargo bench -p align-models --bench linear
 use align_models::common::linear;
@@ -30,6 +32,20 @@ fn bench(c: &mut Criterion) {
         group.throughput(Throughput::Bytes((n * k * 4) as u64));
         group.bench_function("libtorch", |b| b.iter(|| x.linear(&w, None::<&Tensor>)));
         group.bench_function("brain-rs", |b| b.iter(|| linear(&x, &w, None)));
+        group.finish();
+
+        let (wh, xh) = (w.to_kind(Kind::BFloat16), x.to_kind(Kind::BFloat16));
+        let mut group = c.benchmark_group(format!("linear-bf16/{rows}x{k}·{n}x{k}ᵀ/{threads}t"));
+        group.throughput(Throughput::Bytes((n * k * 2) as u64));
+        group.bench_function("libtorch bf16", |b| {
+            b.iter(|| xh.linear(&wh, None::<&Tensor>))
+        });
+        group.bench_function("brain-rs bf16 W, f32 x", |b| {
+            b.iter(|| linear(&x, &wh, None))
+        });
+        group.bench_function("brain-rs bf16 W, bf16 x", |b| {
+            b.iter(|| linear(&xh, &wh, None))
+        });
         group.finish();
     }
 }

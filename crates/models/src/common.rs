@@ -385,11 +385,20 @@ impl Linear {
 }
 
 /// `x · Wᵀ + b` for `x` `[…, in]`, `weight` `[out, in]`. A decoding step
-/// has only a few rows (one token per sequence); for those, on the CPU in
-/// f32 without autograd, [`align_kernels::linear_few_rows`] reads each
-/// weight once instead of having BLAS repack it on every call (1.4–3× on
-/// SmolLM2's shapes: `cargo bench -p align-models --bench linear`). Same
-/// product, different summation order.
+/// has only a few rows (one token per sequence); for those, on the CPU
+/// without autograd, [`align_kernels`] reads each weight once instead of
+/// having BLAS repack it on every call (1.4–3× on SmolLM2's shapes in f32:
+/// `cargo bench -p align-models --bench linear`), and reads bf16 weights
+/// as they are stored, half the bytes of f32, with f32 products and sums.
+/// Same product, different summation order.
+///
+/// bf16 weights also take f32 activations (`x` f32, `weight` bf16: the
+/// result is f32, as if the weight were widened first), on every route.
+/// On the CPU without autograd, more rows than [`FEW_ROWS`] with bf16
+/// weights are multiplied in f32 by LibTorch's f32 GEMM on widened copies
+/// (its bf16 CPU GEMM is 3–5× slower than its f32 one on AVX2 machines
+/// without bf16 instructions), the result rounded to `x`'s kind as
+/// LibTorch's bf16 GEMM rounds its f32 sums.
 ///
 /// That route is the `cpu-decode-kernel` feature (on by default); without
 /// it, or after [`set_decode_kernel`]`(false)`, every call is LibTorch's.
@@ -407,6 +416,14 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
         if let Some(y) = few_rows_linear(x, weight, bias) {
             return y;
         }
+        if let Some(y) = widened_bf16_linear(x, weight, bias) {
+            return y;
+        }
+    }
+    if x.kind() == Kind::Float && weight.kind() == Kind::BFloat16 {
+        // f32 activations, bf16 weights: LibTorch wants one kind.
+        let bias = bias.map(|b| b.to_kind(Kind::Float));
+        return x.linear(&weight.to_kind(Kind::Float), bias.as_ref());
     }
     x.linear(weight, bias)
 }
@@ -416,6 +433,9 @@ static DECODE_KERNEL: AtomicBool = AtomicBool::new(true);
 
 /// How many products the decoding kernel has computed in this process.
 static DECODE_KERNEL_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many of those read bf16 weights.
+static DECODE_KERNEL_BF16_CALLS: AtomicUsize = AtomicUsize::new(0);
 
 /// Lets [`linear`] take the decoding kernel (`true`, the default) or forces
 /// LibTorch for every product (`false`), process-wide; returns the previous
@@ -445,12 +465,20 @@ pub fn decode_kernel_calls() -> usize {
     DECODE_KERNEL_CALLS.load(Ordering::Relaxed)
 }
 
+/// How many of [`decode_kernel_calls`] read bf16 weights.
+pub fn decode_kernel_bf16_calls() -> usize {
+    DECODE_KERNEL_BF16_CALLS.load(Ordering::Relaxed)
+}
+
 /// At most this many rows take [`few_rows_linear`].
 pub const FEW_ROWS: i64 = 32;
 
 /// The decoding route of [`linear`], or `None` where it does not apply:
-/// more than [`FEW_ROWS`] rows, not f32 on the CPU, a CPU without AVX2/FMA,
-/// or gradients to record.
+/// more than [`FEW_ROWS`] rows, not on the CPU, a CPU without AVX2/FMA,
+/// gradients to record, or kinds other than f32 `x`, `weight` (and `bias`)
+/// or bf16 `weight` with f32 or bf16 `x` (`bias` f32 or bf16). The result
+/// has `x`'s kind; it is computed in f32 (a bf16 `x` is widened first, the
+/// result rounded back once).
 #[cfg(feature = "cpu-decode-kernel")]
 pub fn few_rows_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Option<Tensor> {
     let (out, inp) = weight.size2().ok()?;
@@ -459,13 +487,22 @@ pub fn few_rows_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Op
         return None;
     }
     let rows = x.numel() as i64 / inp.max(1);
-    let f32_cpu = |t: &Tensor| t.device() == Device::Cpu && t.kind() == Kind::Float;
+    let cpu = |t: &Tensor| t.device() == Device::Cpu;
+    let bf16 = weight.kind() == Kind::BFloat16;
+    let kinds_fit = match (x.kind(), weight.kind()) {
+        (Kind::Float, Kind::Float) => bias.is_none_or(|b| b.kind() == Kind::Float),
+        (Kind::Float | Kind::BFloat16, Kind::BFloat16) => {
+            bias.is_none_or(|b| matches!(b.kind(), Kind::Float | Kind::BFloat16))
+        }
+        _ => false,
+    };
     if !(1..=FEW_ROWS).contains(&rows)
         || out == 0
         || inp == 0
-        || !f32_cpu(x)
-        || !f32_cpu(weight)
-        || !bias.is_none_or(f32_cpu)
+        || !kinds_fit
+        || !cpu(x)
+        || !cpu(weight)
+        || !bias.is_none_or(cpu)
         || !align_kernels::simd_available()
     {
         return None;
@@ -475,28 +512,106 @@ pub fn few_rows_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Op
     if tracked && grad_enabled() {
         return None;
     }
-    let (x, weight) = (x.contiguous(), weight.contiguous());
-    let bias = bias.map(Tensor::contiguous);
-    let y = Tensor::empty([rows, out], (Kind::Float, Device::Cpu));
-    // SAFETY: contiguous f32 CPU tensors of the stated sizes (checked above,
-    // all non-empty), kept alive by the bindings above for the whole call;
-    // `y` is fresh, so nothing else aliases it.
+    let half_x = x.kind() == Kind::BFloat16;
+    let x = x.contiguous();
+    let weight = weight.contiguous();
+    // f32 bias (a copy only where it is bf16: `out` values).
+    let bias = bias.map(|b| b.to_kind(Kind::Float).contiguous());
+    // The result in `x`'s kind: bf16 `x` gives bf16 results, each rounded
+    // once from its f32 sum by the kernel.
+    let y = Tensor::empty([rows, out], (x.kind(), Device::Cpu));
+    // SAFETY: contiguous CPU tensors of the stated sizes and kinds (checked
+    // above, all non-empty; bf16 elements are 16-bit patterns, `Bf16` is
+    // `repr(transparent)` over `u16`), kept alive by the bindings above for
+    // the whole call; `y` is fresh, so nothing else aliases it.
     unsafe {
-        let view = |t: &Tensor| std::slice::from_raw_parts(t.data_ptr() as *const f32, t.numel());
-        let y_mut = std::slice::from_raw_parts_mut(y.data_ptr() as *mut f32, y.numel());
+        use align_kernels::Bf16;
+        // `t`'s elements as `T`s (`T` of `t`'s element size and layout).
+        unsafe fn view<T>(t: &Tensor) -> &[T] {
+            std::slice::from_raw_parts(t.data_ptr() as *const T, t.numel())
+        }
+        #[allow(clippy::mut_from_ref)] // `y` is fresh: no other view of it
+        unsafe fn view_mut<T>(t: &Tensor) -> &mut [T] {
+            std::slice::from_raw_parts_mut(t.data_ptr() as *mut T, t.numel())
+        }
         let (rows, inp, out) = (rows as usize, inp as usize, out as usize);
-        let (xs, ws, bs) = (view(&x), view(&weight), bias.as_ref().map(view));
+        let bs = bias.as_ref().map(|b| view::<f32>(b));
         let threads = tch::get_num_threads().max(1) as usize;
         let team = |tasks: usize, task: &(dyn Fn(usize) + Sync)| {
             crate::openmp::for_each_task(threads, tasks, task)
         };
         // `for_each_task` runs each task once.
-        align_kernels::linear_few_rows_with(xs, rows, inp, ws, out, bs, y_mut, team);
+        use align_kernels::{linear_few_rows_bf16_with as half, linear_few_rows_with as full};
+        match (bf16, half_x) {
+            (false, _) => full(
+                view(&x),
+                rows,
+                inp,
+                view(&weight),
+                out,
+                bs,
+                view_mut(&y),
+                team,
+            ),
+            (true, false) => half::<f32, f32>(
+                view(&x),
+                rows,
+                inp,
+                view(&weight),
+                out,
+                bs,
+                view_mut(&y),
+                team,
+            ),
+            (true, true) => half::<Bf16, Bf16>(
+                view(&x),
+                rows,
+                inp,
+                view(&weight),
+                out,
+                bs,
+                view_mut(&y),
+                team,
+            ),
+        }
     }
     DECODE_KERNEL_CALLS.fetch_add(1, Ordering::Relaxed);
+    if bf16 {
+        DECODE_KERNEL_BF16_CALLS.fetch_add(1, Ordering::Relaxed);
+    }
     let mut shape = x.size();
     *shape.last_mut().expect("x has a feature dim") = out;
     Some(y.view(shape.as_slice()))
+}
+
+/// [`linear`]'s route for bf16 weights on the CPU beyond [`FEW_ROWS`]
+/// rows without autograd (a prefill, full-sequence scoring): LibTorch's
+/// f32 GEMM on widened copies of `x`, `weight` and `bias`, rounded to `x`'s
+/// kind. `None` elsewhere.
+#[cfg(feature = "cpu-decode-kernel")]
+fn widened_bf16_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Option<Tensor> {
+    let on_cpu = [Some(x), Some(weight), bias]
+        .into_iter()
+        .flatten()
+        .all(|t| t.device() == Device::Cpu);
+    let kinds_fit = weight.kind() == Kind::BFloat16
+        && matches!(x.kind(), Kind::Float | Kind::BFloat16)
+        && bias.is_none_or(|b| matches!(b.kind(), Kind::Float | Kind::BFloat16));
+    if !on_cpu || !kinds_fit || x.size().last() != weight.size().last() {
+        return None;
+    }
+    let tracked =
+        x.requires_grad() || weight.requires_grad() || bias.is_some_and(|b| b.requires_grad());
+    if tracked && grad_enabled() {
+        return None;
+    }
+    let wide = |t: &Tensor| t.to_kind(Kind::Float);
+    let bias = bias.map(wide);
+    Some(
+        wide(x)
+            .linear(&wide(weight), bias.as_ref())
+            .to_kind(x.kind()),
+    )
 }
 
 #[cfg(feature = "cpu-decode-kernel")]
@@ -591,8 +706,92 @@ mod linear_tests {
         }
         let many = Tensor::randn([FEW_ROWS + 1, 37], (Kind::Float, Device::Cpu));
         assert!(few_rows_linear(&many, &w, None).is_none());
-        let half = Tensor::randn([4, 37], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
-        assert!(few_rows_linear(&half, &w.to_kind(Kind::BFloat16), None).is_none());
+        // Kinds the kernels lack go to LibTorch: f16, and bf16 `x` on f32 `W`.
+        let x = Tensor::randn([4, 37], (Kind::Float, Device::Cpu));
+        let f16 = |t: &Tensor| t.to_kind(Kind::Half);
+        assert!(few_rows_linear(&f16(&x), &f16(&w), None).is_none());
+        assert!(few_rows_linear(&x.to_kind(Kind::BFloat16), &w, None).is_none());
+    }
+
+    /// `x` `[…, 37]` f32, `W` `[515, 37]` and `b` bf16, all rounded from
+    /// f32 normals, and the same `W`, `b` widened back to f32.
+    fn bf16_operands(shape: &[i64]) -> (Tensor, Tensor, Tensor, Tensor, Tensor) {
+        let cpu = (Kind::Float, Device::Cpu);
+        let w = Tensor::randn([515, 37], cpu).to_kind(Kind::BFloat16);
+        let b = Tensor::randn([515], cpu).to_kind(Kind::BFloat16);
+        let x = Tensor::randn(shape, cpu);
+        let (wf, bf) = (w.to_kind(Kind::Float), b.to_kind(Kind::Float));
+        (x, w, b, wf, bf)
+    }
+
+    /// bf16 weights: with f32 `x` the route gives f32 `x · Wᵀ + b` of the
+    /// widened weights up to summation order (as f32 weights do); with bf16
+    /// `x` a bf16 result, that product rounded once to bf16 (so at most one
+    /// bf16 step from LibTorch's own bf16 `linear`, which also sums in f32
+    /// and rounds once).
+    #[test]
+    fn few_rows_route_reads_bf16_weights() {
+        if !align_kernels::simd_available() {
+            eprintln!("SKIPPED: this CPU lacks AVX2/FMA, so the few-rows route is off");
+            return;
+        }
+        let _guard = tch::no_grad_guard();
+        tch::manual_seed(1);
+        let calls = decode_kernel_bf16_calls();
+        for shape in [vec![16, 37], vec![4, 1, 37], vec![2, 3, 37], vec![1, 37]] {
+            let (x, w, b, wf, bf) = bf16_operands(&shape);
+            for (bias, bias_f) in [(None, None), (Some(&b), Some(&bf))] {
+                let what = format!("{shape:?}, bias {}", bias.is_some());
+                let got = few_rows_linear(&x, &w, bias).expect("the route applies");
+                assert_eq!(got.kind(), Kind::Float, "{what}");
+                let want = x.linear(&wf, bias_f);
+                assert_eq!(got.size(), want.size(), "{what}");
+                let err = (&got - &want).abs().max().double_value(&[]);
+                assert!(err < 1e-4, "{what}: f32 x: {err}");
+                // `linear` takes the same route (and LibTorch's, widening `W`).
+                assert!(linear(&x, &w, bias).equal(&got), "{what}");
+
+                let xh = x.to_kind(Kind::BFloat16);
+                let got = few_rows_linear(&xh, &w, bias).expect("the route applies");
+                assert_eq!(got.kind(), Kind::BFloat16, "{what}");
+                // A bf16 step (ulp) at `v` is at most |v|/128: the rounded
+                // product is within half a step of the f32 one, and within
+                // one step of another rounding of it (LibTorch's).
+                let exact = xh.to_kind(Kind::Float).linear(&wf, bias_f);
+                let torch = xh.linear(&w, bias).to_kind(Kind::Float);
+                let got = got.to_kind(Kind::Float);
+                for (name, want, steps) in [
+                    ("the widened product", &exact, 0.5),
+                    ("LibTorch's bf16 linear", &torch, 1.0),
+                ] {
+                    let bound = want.abs() * (steps / 128.0) + 1e-6;
+                    let over = (&got - want).abs().gt_tensor(&bound).sum(Kind::Int64);
+                    assert_eq!(over.int64_value(&[]), 0, "{what}: bf16 x vs {name}");
+                }
+            }
+        }
+        // Process-wide counts (other tests run meanwhile): at least ours.
+        assert!(decode_kernel_bf16_calls() - calls >= 4 * 2 * 3);
+    }
+
+    /// Beyond `FEW_ROWS` rows, bf16 weights are multiplied in f32 on widened
+    /// copies (not by the kernel), for f32 and bf16 `x`.
+    #[test]
+    fn many_rows_with_bf16_weights_multiply_widened() {
+        let _guard = tch::no_grad_guard();
+        tch::manual_seed(2);
+        let (x, w, b, wf, bf) = bf16_operands(&[3, FEW_ROWS, 37]);
+        let got = widened_bf16_linear(&x, &w, Some(&b)).expect("bf16 weights on the CPU");
+        assert!(got.equal(&x.linear(&wf, Some(&bf))));
+        let xh = x.to_kind(Kind::BFloat16);
+        let got = widened_bf16_linear(&xh, &w, Some(&b)).unwrap();
+        let want = xh.to_kind(Kind::Float).linear(&wf, Some(&bf));
+        assert!(got.equal(&want.to_kind(Kind::BFloat16)));
+        assert!(
+            linear(&xh, &w, Some(&b)).equal(&got),
+            "`linear` takes this route"
+        );
+        assert!(widened_bf16_linear(&x, &wf, None).is_none(), "f32 weights");
     }
 
     /// With autograd on and a trainable weight, `linear` stays on LibTorch so
@@ -613,6 +812,30 @@ mod linear_tests {
             few_rows_linear(&x, &w, None).is_some(),
             align_kernels::simd_available()
         );
+    }
+
+    /// Training a bf16 model keeps LibTorch's autograd on both bf16 routes,
+    /// and f32 activations on bf16 weights get gradients too.
+    #[test]
+    fn bf16_routes_keep_gradients() {
+        let w = Tensor::randn([8, 5], (Kind::Float, Device::Cpu))
+            .to_kind(Kind::BFloat16)
+            .set_requires_grad(true);
+        for rows in [2, FEW_ROWS + 1] {
+            let x = Tensor::randn([rows, 5], (Kind::Float, Device::Cpu));
+            assert!(few_rows_linear(&x, &w, None).is_none());
+            assert!(widened_bf16_linear(&x, &w, None).is_none());
+            let y = linear(&x, &w, None);
+            assert_eq!(y.kind(), Kind::Float);
+            y.sum(Kind::Float).backward();
+            let want = x.sum_dim_intlist([0].as_slice(), false, Kind::Float);
+            let grad = w.grad().to_kind(Kind::Float);
+            let want = want.unsqueeze(0).expand([8, 5], false);
+            // bf16 gradients: rounded sums.
+            assert!(grad.allclose(&want, 1e-2, 1e-2, false), "{rows} rows");
+            let mut g = w.grad();
+            let _ = g.zero_();
+        }
     }
 }
 

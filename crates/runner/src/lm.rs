@@ -1,5 +1,6 @@
-//! `runner logprobs`, `runner sample` and `runner bench`: score and sample
-//! pretrained language models (an HF directory or a Llama `.gguf` file).
+//! `runner logprobs` and `runner sample`: score and sample pretrained
+//! language models (an HF directory or a Llama `.gguf` file); `runner bench`
+//! is in bench.rs.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -35,7 +36,7 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    fn load(&self) -> anyhow::Result<(LanguageModel, Device)> {
+    pub(crate) fn load(&self) -> anyhow::Result<(LanguageModel, Device)> {
         if let Some(t) = self.threads {
             tch::set_num_threads(t);
         }
@@ -55,7 +56,7 @@ fn not_finite(at: String, model: &std::path::Path, what: String) -> anyhow::Erro
     )
 }
 
-fn tokenizer(lm: &LanguageModel) -> anyhow::Result<&TextTokenizer> {
+pub(crate) fn tokenizer(lm: &LanguageModel) -> anyhow::Result<&TextTokenizer> {
     lm.tokenizer.as_ref().with_context(|| {
         format!(
             "{}: no tokenizer.json (needed to turn text into tokens)",
@@ -217,7 +218,7 @@ struct SampleLine<'a> {
 }
 
 /// Prompt ids for `text`: chat-formatted, or with the usual special tokens.
-fn prompt_ids(tok: &TextTokenizer, text: &str, chat: bool) -> anyhow::Result<Vec<i64>> {
+pub(crate) fn prompt_ids(tok: &TextTokenizer, text: &str, chat: bool) -> anyhow::Result<Vec<i64>> {
     Ok(if chat {
         tok.encode_chat(&[ChatMessage::user(text)])?
     } else {
@@ -344,81 +345,6 @@ pub fn sample_cmd(args: &SampleArgs) -> anyhow::Result<()> {
         prompts.len() * args.n as usize,
         new_tokens as f64 / secs,
         args.out.display()
-    );
-    Ok(())
-}
-
-#[derive(Args, Debug)]
-pub struct BenchArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
-    /// Rows sampled together (one prompt, n = batch).
-    #[arg(long, default_value_t = 16)]
-    pub batch: i64,
-    #[arg(long, default_value_t = 64)]
-    pub new_tokens: i64,
-    #[arg(long, default_value = "What is the capital of France?")]
-    pub prompt: String,
-    /// Wrap the prompt with the chat template.
-    #[arg(long)]
-    pub chat: bool,
-    #[arg(long, default_value_t = 1.0)]
-    pub temperature: f64,
-    /// Timed repetitions after one warm-up run; the median is reported.
-    #[arg(long, default_value_t = 3)]
-    pub repeats: usize,
-}
-
-/// Sampling throughput: `batch` rows × `new_tokens` tokens (EOS ignored), as
-/// one JSON line `{"tokens_per_s": …, …}` on stdout.
-pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
-    let (lm, device) = args.model.load()?;
-    let tok = tokenizer(&lm)?;
-    let prompt = Prompt {
-        ids: prompt_ids(tok, &args.prompt, args.chat)?,
-        text: None,
-    };
-    let config = SamplingConfig {
-        temperature: args.temperature,
-        ..Default::default()
-    };
-    let run = |seed| {
-        let start = Instant::now();
-        let batch = sample(
-            lm.policy.as_ref(),
-            std::slice::from_ref(&prompt),
-            args.batch,
-            args.new_tokens,
-            None,
-            &config,
-            seed,
-        );
-        let tokens = batch.completion_mask.sum(Kind::Int64).int64_value(&[]);
-        (tokens as f64, start.elapsed().as_secs_f64())
-    };
-    run(0); // warm-up
-    let mut rates: Vec<f64> = (1..=args.repeats.max(1) as u64)
-        .map(|s| {
-            let (tokens, secs) = run(s);
-            tokens / secs
-        })
-        .collect();
-    rates.sort_by(f64::total_cmp);
-    let median = rates[rates.len() / 2];
-    println!(
-        "{}",
-        serde_json::json!({
-            "impl": "brain-rs",
-            "model": args.model.model.display().to_string(),
-            "device": format!("{device:?}"),
-            "dtype": format!("{:?}", args.model.dtype),
-            "threads": tch::get_num_threads(),
-            "batch": args.batch,
-            "new_tokens": args.new_tokens,
-            "prompt_tokens": prompt.ids.len(),
-            "tokens_per_s": median,
-            "runs_tokens_per_s": rates,
-        })
     );
     Ok(())
 }

@@ -11,6 +11,7 @@ use align_core::registry::Registry;
 use align_rewards::pipeline::{self, RmManifest};
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod lm;
 mod rm;
 
@@ -61,7 +62,11 @@ enum Command {
     /// Sample completions with their log-densities into a JSONL file.
     Sample(lm::SampleArgs),
     /// Sampling throughput (tokens/s) of a model.
-    Bench(lm::BenchArgs),
+    Bench(bench::BenchArgs),
+    /// Time whole training iterations of a manifest's run (one JSON line).
+    BenchIteration(bench::IterationArgs),
+    /// Time the training step alone on fixed batches, with FLOPs and the GEMM rate.
+    BenchStep(bench::StepArgs),
     /// Train a scalar-head reward model (manifest) and write it as an HF directory.
     TrainRm(TrainRmArgs),
     /// Add `reward` and `log_goodness` to every record of a sample file.
@@ -121,7 +126,11 @@ fn main() -> ExitCode {
         }
         Some(Command::Logprobs(a)) => Some(lm::logprobs(a, &mut std::io::stdout().lock())),
         Some(Command::Sample(a)) => Some(lm::sample_cmd(a)),
-        Some(Command::Bench(a)) => Some(lm::bench(a)),
+        Some(Command::Bench(a)) => Some(bench::bench(a, &mut std::io::stdout().lock())),
+        Some(Command::BenchIteration(a)) => {
+            Some(bench::bench_iteration(a, &mut std::io::stdout().lock()))
+        }
+        Some(Command::BenchStep(a)) => Some(bench::bench_step(a, &mut std::io::stdout().lock())),
         Some(Command::TrainRm(a)) => match RmManifest::load(&a.manifest, &a.overrides) {
             // A bad manifest stops before any work, as an experiment's does.
             Err(e) => {
