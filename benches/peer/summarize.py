@@ -289,9 +289,11 @@ def main():
                   "at the completion positions only. FLOPs = 6·body·rows·T + "
                   "6·head·rows·completion + 12·layers·rows·T²·hidden (forward 2 per weight "
                   "per token, backward 4; attention 4·T²·hidden per layer and row forward, "
-                  f"×3 with backward) = {rec['flops']:.3e} per step. The GEMM rate is the best square f32 "
-                  f"matmul rate (sizes {', '.join(str(n) for n, _ in rec['gemm_gflops_by_size'])}) "
-                  "measured through LibTorch in the same process, on each side.")
+                  f"×3 with backward) = {rec['flops']:.3e} per step. The GEMM rate is the "
+                  "fastest single square f32 matmul (sizes "
+                  f"{', '.join(str(g[0]) for g in rec['gemm_gflops_by_size'])}, each repeated "
+                  "for a few seconds) measured through LibTorch in the same process, on each "
+                  "side; the mean rate over the repetitions is in bench.json.")
         md.append("")
         md.append("| | ours | peer |")
         md.append("|---|--:|--:|")
