@@ -20,6 +20,7 @@
 #
 #   benches/peer/run.sh                        # ROUNDS=3 THREADS=2 ITERS=4 WARMUP=1
 #   ROUNDS=1 BENCHES="step sampling" benches/peer/run.sh
+#   APPEND=1 ROUNDS=2 benches/peer/run.sh      # two more rounds into the same raw.jsonl
 #
 # Writes $OUT (results/bench): raw.jsonl (every round's JSON line of each
 # side, with the load average around it and the command), bench.json and
@@ -49,7 +50,15 @@ cargo build -q -p runner
 RUNNER=target/debug/runner
 mkdir -p "$OUT"
 RAW=$OUT/raw.jsonl
-: >"$RAW"
+FIRST=1
+if [[ ${APPEND:-0} == 1 && -s "$RAW" ]]; then
+  last=$("$PY" -c "import json, sys; print(max(json.loads(l)['round'] for l in open(sys.argv[1]) if l.strip()))" "$RAW")
+  FIRST=$((last + 1))
+else
+  : >"$RAW"
+  : >"$OUT/invocations.txt"
+fi
+echo "${APPEND:+APPEND=$APPEND }ROUNDS=$ROUNDS THREADS=$THREADS ITERS=$ITERS WARMUP=$WARMUP STEPS=$STEPS SAMPLE_DTYPE=$SAMPLE_DTYPE BENCHES=\"$BENCHES\" benches/peer/run.sh" >>"$OUT/invocations.txt"
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 
@@ -124,7 +133,7 @@ iteration() { # ROUND RUN BENCH
 }
 
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-for round in $(seq "$ROUNDS"); do
+for round in $(seq "$FIRST" $((FIRST + ROUNDS - 1))); do
   for bench in $BENCHES; do
     case $bench in
       iteration-brain) iteration "$round" "$BRAIN_RUN" "$bench" ;;
@@ -156,4 +165,4 @@ for round in $(seq "$ROUNDS"); do
 done
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 "$PY" benches/peer/summarize.py "$RAW" "$OUT" --threads "$THREADS" \
-  --invocation "ROUNDS=$ROUNDS THREADS=$THREADS ITERS=$ITERS WARMUP=$WARMUP STEPS=$STEPS SAMPLE_DTYPE=$SAMPLE_DTYPE BENCHES=\"$BENCHES\" benches/peer/run.sh"
+  --invocation "$(paste -sd';' "$OUT/invocations.txt" | sed 's/;/; /g')"

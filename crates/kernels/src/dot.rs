@@ -104,6 +104,8 @@ pub struct Bf16(pub u16);
 /// SIMD code concrete types, so it is compiled (optimised) here rather
 /// than instantiated in each caller's crate at the caller's opt-level.
 pub trait Element: Copy + Send + Sync + sealed::Sealed {
+    /// The value, widened exactly.
+    fn to_f32(self) -> f32;
     /// [`pair_layout`] of rows of `Self`.
     #[doc(hidden)]
     fn pair_layout(x: &[Self], rows: usize, k: usize) -> Vec<f32>;
@@ -149,7 +151,18 @@ impl Out {
 }
 
 impl Element for f32 {
+    fn to_f32(self) -> f32 {
+        self
+    }
     fn pair_layout(x: &[f32], rows: usize, k: usize) -> Vec<f32> {
+        #[cfg(target_arch = "x86_64")]
+        if simd_available() {
+            let mut out = vec![0f32; rows * k];
+            // SAFETY: AVX2 is present; `x` holds `rows` rows of `k` (the
+            // callers check) and `out` as many.
+            unsafe { avx2::pair_layout_f32(&x[..rows * k], rows, k, &mut out) };
+            return out;
+        }
         pair_layout_of(x, rows, k, |v| v)
     }
     fn out(y: *mut f32) -> Out {
@@ -158,7 +171,20 @@ impl Element for f32 {
 }
 
 impl Element for Bf16 {
+    fn to_f32(self) -> f32 {
+        bf16_to_f32(self.0)
+    }
     fn pair_layout(x: &[Bf16], rows: usize, k: usize) -> Vec<f32> {
+        #[cfg(target_arch = "x86_64")]
+        if simd_available() {
+            let mut out = vec![0f32; rows * k];
+            // SAFETY: as for f32; `Bf16` is `repr(transparent)` over `u16`.
+            unsafe {
+                let bits = std::slice::from_raw_parts(x.as_ptr() as *const u16, rows * k);
+                avx2::pair_layout_bf16(bits, rows, k, &mut out);
+            }
+            return out;
+        }
         pair_layout_of(x, rows, k, |v| bf16_to_f32(v.0))
     }
     fn out(y: *mut Bf16) -> Out {
@@ -179,6 +205,12 @@ pub const BF16_STEP: usize = 16;
 /// Elements are widened to f32 on the way.
 pub fn pair_layout<X: Element>(x: &[X], rows: usize, k: usize) -> Vec<f32> {
     X::pair_layout(x, rows, k)
+}
+
+/// [`pair_layout`] in plain loops, the reference for the SIMD layouts.
+#[cfg(test)]
+pub fn pair_layout_portable<X: Element>(x: &[X], rows: usize, k: usize) -> Vec<f32> {
+    pair_layout_of(x, rows, k, X::to_f32)
 }
 
 fn pair_layout_of<X: Copy>(x: &[X], rows: usize, k: usize, wide: impl Fn(X) -> f32) -> Vec<f32> {
@@ -264,7 +296,7 @@ pub unsafe fn block_bf16_portable(
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{C, C_BF16, R};
+    use super::{BF16_STEP, C, C_BF16, R};
 
     /// # Safety
     /// As [`super::block`], and the CPU has AVX2 and FMA.
@@ -430,7 +462,6 @@ mod avx2 {
         next: Option<*const u16>,
         out: &mut [[f32; C]; R],
     ) {
-        use super::BF16_STEP;
         let mut acc = [[_mm256_setzero_ps(); TC]; TR];
         let odd_mask = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
         let ahead = next.unwrap_or(w);
@@ -469,6 +500,69 @@ mod avx2 {
                     s += *x.add(a * k + u) * super::bf16_to_f32(*w.add(b * k + u));
                 }
                 out[a][b] = s;
+            }
+        }
+    }
+
+    /// [`super::pair_layout`] of f32 rows: each group of 16 split into its
+    /// even and odd elements with two shuffles and two lane permutes.
+    ///
+    /// # Safety
+    /// AVX2 is present; `x` and `out` hold `rows · k` elements.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn pair_layout_f32(x: &[f32], rows: usize, k: usize, out: &mut [f32]) {
+        assert!(x.len() >= rows * k && out.len() >= rows * k);
+        let full = k / BF16_STEP * BF16_STEP;
+        for r in 0..rows {
+            let (src, dst) = (x.as_ptr().add(r * k), out.as_mut_ptr().add(r * k));
+            let mut t = 0;
+            while t < full {
+                let a = _mm256_loadu_ps(src.add(t));
+                let b = _mm256_loadu_ps(src.add(t + 8));
+                // Per 128-bit lane [a0 a2 b0 b2 | a4 a6 b4 b6]; the 64-bit
+                // permute puts the halves in order: [a0 a2 a4 a6 b0 b2 b4 b6].
+                let in_order = |v: __m256| {
+                    _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)))
+                };
+                _mm256_storeu_ps(
+                    dst.add(t),
+                    in_order(_mm256_shuffle_ps::<0b10_00_10_00>(a, b)),
+                );
+                _mm256_storeu_ps(
+                    dst.add(t + 8),
+                    in_order(_mm256_shuffle_ps::<0b11_01_11_01>(a, b)),
+                );
+                t += BF16_STEP;
+            }
+            for u in full..k {
+                *dst.add(u) = *src.add(u);
+            }
+        }
+    }
+
+    /// [`super::pair_layout`] of bf16 rows: as the weights, a shift widens
+    /// the even elements and a mask the odd ones.
+    ///
+    /// # Safety
+    /// As [`pair_layout_f32`].
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn pair_layout_bf16(x: &[u16], rows: usize, k: usize, out: &mut [f32]) {
+        assert!(x.len() >= rows * k && out.len() >= rows * k);
+        let odd_mask = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
+        let full = k / BF16_STEP * BF16_STEP;
+        for r in 0..rows {
+            let (src, dst) = (x.as_ptr().add(r * k), out.as_mut_ptr().add(r * k));
+            let mut t = 0;
+            while t < full {
+                let raw = _mm256_loadu_si256(src.add(t) as *const __m256i);
+                let even = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(raw));
+                let odd = _mm256_castsi256_ps(_mm256_and_si256(raw, odd_mask));
+                _mm256_storeu_ps(dst.add(t), even);
+                _mm256_storeu_ps(dst.add(t + 8), odd);
+                t += BF16_STEP;
+            }
+            for u in full..k {
+                *dst.add(u) = super::bf16_to_f32(*src.add(u));
             }
         }
     }

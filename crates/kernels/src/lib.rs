@@ -399,6 +399,24 @@ mod tests {
         );
     }
 
+    /// The SIMD layouts equal the plain loops', for f32 and bf16 rows and
+    /// every tail length.
+    #[test]
+    fn pair_layout_simd_matches_portable() {
+        for k in [1, 15, 16, 17, 33, 100, 576] {
+            let x = values(3 * k, 16);
+            let h: Vec<Bf16> = x.iter().map(|&v| Bf16(to_bf16(v))).collect();
+            assert_eq!(
+                dot::pair_layout(&x, 3, k),
+                dot::pair_layout_portable(&x, 3, k)
+            );
+            assert_eq!(
+                dot::pair_layout(&h, 3, k),
+                dot::pair_layout_portable(&h, 3, k)
+            );
+        }
+    }
+
     #[test]
     #[should_panic(expected = "w is [n, k]")]
     fn bf16_shape_mismatch_panics() {
