@@ -58,6 +58,22 @@ pub trait Policy: Send {
     fn export(&self, _dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
         Ok(Vec::new())
     }
+
+    /// Completes the backward pass of the training forwards made since the
+    /// last call. A model with gradient checkpointing keeps only its layers'
+    /// inputs: `loss.backward()` stops at the last layer's output, and this
+    /// recomputes each layer, last first, to carry the gradient through it
+    /// into the weights. Call it after `loss.backward()` and before reading
+    /// any gradient; other models have nothing to do.
+    fn finish_backward(&self) {}
+
+    /// Gradient checkpointing: training forwards keep each layer's input
+    /// only and recompute the layer in [`Policy::finish_backward`], trading
+    /// one more forward for the activations' memory. Returns whether this
+    /// model has it (the others ignore the call).
+    fn set_gradient_checkpointing(&mut self, _on: bool) -> bool {
+        false
+    }
 }
 
 /// A decoding session over one batch: `prefill` once, then `step` per token.

@@ -198,6 +198,19 @@ pub trait CausalLm: Send {
     fn logits(&self, hidden: &Tensor) -> Tensor;
 
     fn num_layers(&self) -> usize;
+
+    /// See [`Policy::set_gradient_checkpointing`].
+    fn set_gradient_checkpointing(&mut self, _on: bool) -> bool {
+        false
+    }
+
+    /// See [`Policy::finish_backward`].
+    fn finish_backward(&self) {}
+
+    /// Whether gradient checkpointing is on (copies keep it).
+    fn gradient_checkpointing(&self) -> bool {
+        false
+    }
 }
 
 impl CausalLm for Box<dyn CausalLm> {
@@ -217,6 +230,18 @@ impl CausalLm for Box<dyn CausalLm> {
 
     fn num_layers(&self) -> usize {
         (**self).num_layers()
+    }
+
+    fn set_gradient_checkpointing(&mut self, on: bool) -> bool {
+        (**self).set_gradient_checkpointing(on)
+    }
+
+    fn finish_backward(&self) {
+        (**self).finish_backward()
+    }
+
+    fn gradient_checkpointing(&self) -> bool {
+        (**self).gradient_checkpointing()
     }
 }
 
@@ -272,6 +297,7 @@ impl<M: CausalLm> Policy for CausalModel<M> {
         let recipe = self.recipe.as_ref()?;
         Some((|| {
             let mut copy = recipe.declare(&self.vs)?;
+            copy.set_gradient_checkpointing(self.model.gradient_checkpointing());
             copy.var_store_mut().copy(&self.vs)?;
             copy.var_store_mut().freeze();
             Ok(copy)
@@ -283,6 +309,14 @@ impl<M: CausalLm> Policy for CausalModel<M> {
             model: &self.model,
             cache: KvCache::new(self.model.num_layers()),
         }))
+    }
+
+    fn set_gradient_checkpointing(&mut self, on: bool) -> bool {
+        self.model.set_gradient_checkpointing(on)
+    }
+
+    fn finish_backward(&self) {
+        self.model.finish_backward()
     }
 }
 
@@ -614,10 +648,9 @@ fn widened_bf16_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Op
     )
 }
 
-#[cfg(feature = "cpu-decode-kernel")]
 /// Whether autograd records operations now (tch has no getter: setting the
 /// mode returns the previous one, which is restored at once).
-fn grad_enabled() -> bool {
+pub(crate) fn grad_enabled() -> bool {
     // SAFETY: plain calls into LibTorch's thread-local grad mode.
     unsafe {
         let previous = torch_sys::at_grad_set_enabled(0);

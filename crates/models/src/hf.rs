@@ -551,6 +551,10 @@ pub struct HfModelConfig {
     /// `adapter_model.safetensors`) to attach to the model on load.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adapter: Option<InputPath>,
+    /// Keep only each layer's input in a training forward and recompute the
+    /// layers in the backward pass (Llama): less memory for one more forward.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gradient_checkpointing: bool,
 }
 
 pub struct HfSpec(HfModelConfig);
@@ -558,6 +562,10 @@ pub struct HfSpec(HfModelConfig);
 impl HfSpec {
     pub fn new(config: HfModelConfig) -> HfSpec {
         HfSpec(config)
+    }
+
+    pub fn config(&self) -> &HfModelConfig {
+        &self.0
     }
 }
 
@@ -586,6 +594,13 @@ impl ModelSpec for HfSpec {
                 let lm = load(path, self.0.dtype, ctx.device)?;
                 (lm.policy, lm.max_positions)
             };
+        let mut policy = policy;
+        if self.0.gradient_checkpointing && !policy.set_gradient_checkpointing(true) {
+            anyhow::bail!(
+                "{}: `gradient_checkpointing` is implemented for Llama-family models; drop it for this one",
+                path.display()
+            );
+        }
         if !path.is_dir() {
             // A GGUF file: its `llama.context_length`.
             let capacity = max_positions.map(|n| (n, "llama.context_length"));

@@ -192,6 +192,25 @@ pub struct Llama {
     rope: Rope,
     /// What [`Rope::new`] was given (copies build their own tables).
     rope_args: (f64, RopeScaling),
+    /// Gradient checkpointing on: training forwards keep the layers' inputs
+    /// only, and wait in `pending` for [`CausalLm::finish_backward`].
+    checkpointing: bool,
+    pending: std::sync::Mutex<Vec<Segment>>,
+}
+
+/// A checkpointed training forward awaiting its backward through the layers.
+struct Segment {
+    /// Each layer's input `[B, T, H]`, without graph.
+    inputs: Vec<Tensor>,
+    /// The last layer's output: a leaf that the loss's backward reaches.
+    output: Tensor,
+    /// The embedding lookup, with its graph (to the embedding weight).
+    embedded: Tensor,
+    /// What the layers read besides their input.
+    cos: Tensor,
+    sin: Tensor,
+    mask: Tensor,
+    dropout_key: Option<u64>,
 }
 
 impl Llama {
@@ -260,6 +279,8 @@ impl Llama {
             act,
             rope: Rope::new(hd, theta, scaling, root.device()),
             rope_args: (theta, scaling),
+            checkpointing: false,
+            pending: Default::default(),
         }
     }
 
@@ -341,6 +362,10 @@ impl Llama {
             act: self.act,
             rope: Rope::new(self.head_dim, theta, scaling, self.embed_tokens.device()),
             rope_args: self.rope_args,
+            // Inherited: it acts only where the layers train (the copy that
+            // becomes the trained policy), never on a frozen prior or proposal.
+            checkpointing: self.checkpointing,
+            pending: Default::default(),
         }
     }
 
@@ -355,6 +380,54 @@ impl Llama {
     }
 }
 
+impl Llama {
+    /// Layer `i` on the residual stream `x` `[B, T, H]` → `[B, T, H]`.
+    #[allow(clippy::too_many_arguments)]
+    fn layer(
+        &self,
+        i: usize,
+        x: &Tensor,
+        (cos, sin): (&Tensor, &Tensor),
+        mask: &Tensor,
+        dropout_key: Option<u64>,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor {
+        let l = &self.layers[i];
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        // One dropout mask per projection.
+        let dk = |j: u64| dropout_key.map(|key| lora::mix(key, i as u64 * 8 + j));
+        let h = l.input_layernorm.forward(x);
+        let q = split_heads(&l.q_proj.forward(&h, dk(0)), self.heads); // [B, nh, T, D]
+        let k = split_heads(&l.k_proj.forward(&h, dk(1)), self.kv_heads);
+        let v = split_heads(&l.v_proj.forward(&h, dk(2)), self.kv_heads);
+        let q = Rope::apply(&q, cos, sin);
+        let k = Rope::apply(&k, cos, sin);
+        let (k, v) = match cache {
+            Some(c) => c.append(i, &k, &v),
+            None => (k, v),
+        };
+        let a = attention(&q, &k, &v, mask, scale); // [B, T, nh·D]
+        let x = x + l.o_proj.forward(&a, dk(3));
+        let h = l.post_attention_layernorm.forward(&x);
+        let gate = self.act.apply(&l.gate_proj.forward(&h, dk(4)));
+        &x + l
+            .down_proj
+            .forward(&(gate * l.up_proj.forward(&h, dk(5))), dk(6))
+    }
+
+    /// Whether any layer weight (or adapter) is trained.
+    fn layers_train(&self) -> bool {
+        self.layers.iter().any(|l| {
+            l.input_layernorm.weight.requires_grad()
+                || l.post_attention_layernorm.weight.requires_grad()
+                || l.projections().iter().any(|(_, p)| {
+                    p.base.weight.requires_grad()
+                        || p.adapter.as_ref().is_some_and(|a| a.a.requires_grad())
+                })
+        })
+    }
+}
+
 impl CausalLm for Llama {
     fn hidden(
         &self,
@@ -363,31 +436,45 @@ impl CausalLm for Llama {
         mask: &Tensor,
         mut cache: Option<&mut KvCache>,
     ) -> Tensor {
-        let (cos, sin) = self.rope.cos_sin(position_ids); // [B, 1, T, D]
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
         // Only a training forward with adapter dropout has a key (see `lora`).
         let key = lora::dropout_key(self.projections().into_iter().map(|(_, p)| p), input_ids);
-        let mut x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false); // [B, T, H]
-        for (i, l) in self.layers.iter().enumerate() {
-            // One dropout mask per projection.
-            let dk = |j: u64| key.map(|key| lora::mix(key, i as u64 * 8 + j));
-            let h = l.input_layernorm.forward(&x);
-            let q = split_heads(&l.q_proj.forward(&h, dk(0)), self.heads); // [B, nh, T, D]
-            let k = split_heads(&l.k_proj.forward(&h, dk(1)), self.kv_heads);
-            let v = split_heads(&l.v_proj.forward(&h, dk(2)), self.kv_heads);
-            let q = Rope::apply(&q, &cos, &sin);
-            let k = Rope::apply(&k, &cos, &sin);
-            let (k, v) = match cache.as_deref_mut() {
-                Some(c) => c.append(i, &k, &v),
-                None => (k, v),
-            };
-            let a = attention(&q, &k, &v, mask, scale); // [B, T, nh·D]
-            x = x + l.o_proj.forward(&a, dk(3));
-            let h = l.post_attention_layernorm.forward(&x);
-            let gate = self.act.apply(&l.gate_proj.forward(&h, dk(4)));
-            x = x + l
-                .down_proj
-                .forward(&(gate * l.up_proj.forward(&h, dk(5))), dk(6));
+        let (cos, sin) = self.rope.cos_sin(position_ids); // [B, 1, T, D]
+        let embedded = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false); // [B, T, H]
+        if self.checkpointing
+            && cache.is_none()
+            && crate::common::grad_enabled()
+            && self.layers_train()
+        {
+            // The layers run without a graph, keeping their inputs; the
+            // backward recomputes them one at a time (`finish_backward`).
+            let mut inputs = Vec::with_capacity(self.layers.len());
+            let mut x = embedded.detach();
+            {
+                let _guard = tch::no_grad_guard();
+                for i in 0..self.layers.len() {
+                    let next = self.layer(i, &x, (&cos, &sin), mask, key, None);
+                    inputs.push(x);
+                    x = next;
+                }
+            }
+            let output = x.set_requires_grad(true);
+            self.pending
+                .lock()
+                .expect("no panic holds the checkpoint list")
+                .push(Segment {
+                    inputs,
+                    output: output.shallow_clone(),
+                    embedded,
+                    cos,
+                    sin,
+                    mask: mask.shallow_clone(),
+                    dropout_key: key,
+                });
+            return self.norm.forward(&output);
+        }
+        let mut x = embedded;
+        for i in 0..self.layers.len() {
+            x = self.layer(i, &x, (&cos, &sin), mask, key, cache.as_deref_mut());
         }
         self.norm.forward(&x)
     }
@@ -402,5 +489,50 @@ impl CausalLm for Llama {
 
     fn num_layers(&self) -> usize {
         self.layers.len()
+    }
+
+    fn set_gradient_checkpointing(&mut self, on: bool) -> bool {
+        self.checkpointing = on;
+        true
+    }
+
+    fn gradient_checkpointing(&self) -> bool {
+        self.checkpointing
+    }
+
+    /// Each pending forward, its layers last to first: the layer again from
+    /// its saved input, with a graph, and backward with the gradient that
+    /// reached its output (`(y · g).sum()` has gradient `g` at `y` exactly);
+    /// the weights' gradients accumulate as in one whole backward pass.
+    fn finish_backward(&self) {
+        let segments = std::mem::take(
+            &mut *self
+                .pending
+                .lock()
+                .expect("no panic holds the checkpoint list"),
+        );
+        for s in segments.into_iter().rev() {
+            let mut grad = s.output.grad(); // [B, T, H]
+            if !grad.defined() {
+                continue; // the loss did not read this forward
+            }
+            for (i, input) in s.inputs.iter().enumerate().rev() {
+                let x = input.detach().set_requires_grad(true);
+                let y = self.layer(i, &x, (&s.cos, &s.sin), &s.mask, s.dropout_key, None);
+                (y * &grad).sum(sum_kind(&grad)).backward();
+                grad = x.grad();
+            }
+            if s.embedded.requires_grad() {
+                (&s.embedded * &grad).sum(sum_kind(&grad)).backward();
+            }
+        }
+    }
+}
+
+/// The kind a sum of `t`'s elements is taken in (f32 at least).
+fn sum_kind(t: &Tensor) -> tch::Kind {
+    match t.kind() {
+        tch::Kind::Double => tch::Kind::Double,
+        _ => tch::Kind::Float,
     }
 }

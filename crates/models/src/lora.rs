@@ -252,17 +252,6 @@ fn hash_str(seed: u64, s: &str) -> u64 {
         .fold(mix(seed, s.len() as u64), |h, b| mix(h, b as u64))
 }
 
-/// Whether autograd records operations now (tch has no getter: setting the
-/// mode returns the previous one, which is restored at once).
-fn grad_enabled() -> bool {
-    // SAFETY: plain calls into LibTorch's thread-local grad mode.
-    unsafe {
-        let previous = torch_sys::at_grad_set_enabled(0);
-        torch_sys::at_grad_set_enabled(previous);
-        previous != 0
-    }
-}
-
 /// The dropout key of one forward over `input_ids`, or `None` when no
 /// adapter drops anything here: no adapter with dropout, or not a training
 /// forward (autograd off, or the adapters frozen: the prior, a proposal,
@@ -277,7 +266,7 @@ pub fn dropout_key<'a>(
         .into_iter()
         .filter_map(|p| p.adapter.as_ref())
         .find(|a| a.dropout > 0.0)?;
-    if !(ad.a.requires_grad() && grad_enabled()) {
+    if !(ad.a.requires_grad() && crate::common::grad_enabled()) {
         return None;
     }
     let _guard = tch::no_grad_guard();
@@ -656,6 +645,14 @@ impl Policy for LoraModel {
 
     fn frozen_clone(&self) -> Option<anyhow::Result<Box<dyn Policy>>> {
         Some(self.copy().map(|m| Box::new(m) as Box<dyn Policy>))
+    }
+
+    fn set_gradient_checkpointing(&mut self, on: bool) -> bool {
+        self.inner.set_gradient_checkpointing(on)
+    }
+
+    fn finish_backward(&self) {
+        self.inner.finish_backward()
     }
 
     /// With `lora`: `adapter/` (PEFT's two files), and `merged/` (an HF

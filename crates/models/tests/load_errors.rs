@@ -652,6 +652,7 @@ fn hf_spec(path: &Path) -> HfSpec {
         dtype: DType::F32,
         lora: None,
         adapter: None,
+        gradient_checkpointing: false,
     })
 }
 
@@ -914,4 +915,28 @@ fn gguf_reader_accepts_the_crafted_file_from_bytes() {
     assert_eq!(f.tensors.len(), 2 + 9 * 2);
     let imported = gguf::import_file(&f).unwrap();
     assert_eq!(imported.config["num_hidden_layers"], 2);
+}
+
+#[test]
+fn gradient_checkpointing_is_refused_for_models_without_it() {
+    for name in ["tiny-gpt2", "tiny-gpt-neox"] {
+        let dir = fixture(name);
+        let spec = HfSpec::new(HfModelConfig {
+            gradient_checkpointing: true,
+            ..hf_spec(&dir).config().clone()
+        });
+        let err = spec.build(&ctx(None)).err().unwrap().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "{}: `gradient_checkpointing` is implemented for Llama-family models; drop it for this one",
+                dir.display()
+            )
+        );
+    }
+    let spec = HfSpec::new(HfModelConfig {
+        gradient_checkpointing: true,
+        ..hf_spec(&fixture("tiny-llama")).config().clone()
+    });
+    assert!(spec.build(&ctx(None)).is_ok());
 }

@@ -399,6 +399,7 @@ fn saved_adapter_has_pefts_layout_and_reloads_to_the_same_log_probs() {
         dtype: DType::F32,
         lora: None,
         adapter: Some(align_core::manifest::InputPath::new(&adapter)),
+        gradient_checkpointing: false,
     });
     let ctx = ModelContext {
         device: device(),

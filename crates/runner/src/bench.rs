@@ -897,6 +897,7 @@ pub fn bench_step(args: &StepArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         let (loss, _) = estimator.loss(&groups);
         opt.zero_grad();
         loss.backward();
+        policy.finish_backward();
         sync(device);
         marks[2] = Instant::now();
         let finite = loss.double_value(&[]).is_finite() && opt.update_is_finite();

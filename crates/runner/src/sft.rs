@@ -172,7 +172,10 @@ pub fn sft(
             let logp = policy_logprobs(prior, &batch); // [B] summed over gold tokens
             let n = batch.lengths().sum(Kind::Float); // tokens in the batch
             let loss = -logp.sum(Kind::Float) / &n; // mean NLL per gold token
-            opt.backward_step(&loss);
+            opt.zero_grad();
+            loss.backward();
+            prior.finish_backward();
+            opt.step();
             nll_sum += loss.double_value(&[]) * n.double_value(&[]);
             tokens += n.double_value(&[]);
             bar.inc(1);

@@ -116,6 +116,7 @@ pub fn train(
         let (loss, mut metrics) = estimator.loss(&inputs.groups);
         opt.zero_grad();
         loss.backward();
+        policy.finish_backward();
         align_core::failpoint::hit("train-step");
         metrics.set("reward_mean", inputs.reward_mean); // over every candidate
         let loss_value = loss.double_value(&[]);
