@@ -4,7 +4,7 @@
 # It also runs here with `--device cpu` (shapes cut, same code paths), so the
 # script is known to work before it meets a GPU.
 #
-#   here:  cargo build -p runner && mkdir -p target/gpu &&
+#   here:  cargo build -p runner --features nccl && mkdir -p target/gpu &&
 #          objcopy --strip-debug target/debug/runner target/gpu/runner
 #          bash scripts/gpu-check.sh --device cpu target/gpu/runner /tmp/gpu-check
 #   there: bash scripts/gpu-check.sh target/gpu/runner "$OUT"      (carry target/gpu)
@@ -20,6 +20,10 @@
 #     H100/H200 SXM) and against the bf16 GEMM rate measured there;
 #   - peak GPU memory of each process (nvidia-smi, sampled every 100 ms, the
 #     same way for both sides);
+#   - the 1B step again with gradient checkpointing (its peak GPU memory);
+#   - NCCL (`runner nccl-check`, world size 1): exact bf16 and f32 sums of
+#     CUDA tensors and a timed 256 MiB bf16 all-reduce, through the wheel's
+#     libnccl (on the CPU: only that it loads);
 #   - experiments/exact.toml on the device (the whole pipeline, toy task).
 # Every figure is a JSON line in $OUT/gpu-check.jsonl; the summary table is
 # printed at the end and written to $OUT/summary.md.
@@ -143,7 +147,31 @@ for shape in smollm2-135m llama-1b; do
       --threads "$THREADS" --prompts 8 --n 4 --prompt-tokens "$PROMPT" \
       --completion-tokens "$COMPLETION" --iterations "$ITERS" --gemm-sizes "$GEMM"
   done
+  if [[ $shape == llama-1b ]]; then
+    echo "== $shape: the same step with gradient checkpointing"
+    measure "step-ours-$shape-checkpointing" "$shape-checkpointing" brain-rs \
+      "$BIN" bench-step scripts/gpu-check/step.toml --set model.hf.path="$dir" \
+      --set device="$DEVICE" --set model.hf.dtype="$DTYPE" --threads "$THREADS" \
+      --set model.hf.gradient_checkpointing=true \
+      --prompt-tokens "$PROMPT" --completion-tokens "$COMPLETION" --iterations "$ITERS" \
+      --gemm-sizes "$GEMM"
+  fi
 done
+
+echo "== NCCL: world size 1, exact bf16 and f32 sums, a timed bf16 all-reduce"
+# cudarc opens `libnccl.so`; the wheel ships `libnccl.so.2`: link it by that name.
+NCCL_DIR=$(mktemp -d)
+"$PY" -c 'import os, nvidia.nccl as n; print(os.path.join(list(n.__path__)[0], "lib", "libnccl.so.2"))' \
+  | xargs -I{} ln -sf {} "$NCCL_DIR/libnccl.so"
+CUDART_DIR=$("$PY" -c 'import os, nvidia.cu13 as c; print(os.path.join(list(c.__path__)[0], "lib"))' 2>/dev/null)
+if [[ $DEVICE == cuda ]]; then
+  LD_LIBRARY_PATH="$NCCL_DIR:$CUDART_DIR:$LD_LIBRARY_PATH" "$BIN" nccl-check --mib 256 \
+    2>"$OUT/nccl.err" | tee -a "$LOG" || { echo "FAILED: nccl-check:"; tail -5 "$OUT/nccl.err"; }
+else
+  # No GPU: NCCL and the CUDA runtime load, and the first CUDA call is refused.
+  LD_LIBRARY_PATH="$NCCL_DIR:$CUDART_DIR:$LD_LIBRARY_PATH" "$BIN" nccl-check --device cuda:0 2>&1 |
+    sed 's/^/  (expected without a GPU) /'
+fi
 
 echo "== experiments/exact.toml on $DEVICE (the whole pipeline)"
 TIMEFORMAT="wall seconds: %R"

@@ -47,7 +47,15 @@ def main():
         line("peak GPU memory, step (MiB)", "step", "peak_gpu_mib", fmt="{:.0f}",
              higher_is_better=False)
         line("peak RSS, step (MiB)", "step", "peak_rss_mb", fmt="{:.0f}", higher_is_better=False)
-    print("\nMemory rows: ratio = peer ÷ ours (> 1: we use less).")
+    print("\nMemory rows: ratio = peer ÷ ours (> 1: we use less). "
+          "`llama-1b-checkpointing`: ours with gradient checkpointing (no peer row).")
+    for r in rows:
+        if r.get("check") == "nccl":
+            sums = ", ".join(f"{k} {v['wrong']} wrong of {v['elements']}"
+                             for k, v in r["exact_sums"].items())
+            print(f"\nNCCL {r['nccl_version']}, rank {r['rank']} of {r['world_size']} on "
+                  f"{r['device']}: {sums}; {r['timed_bf16_mib']} MiB bf16 all-reduce in "
+                  f"{r['median_seconds'] * 1e3:.2f} ms (median).")
 
 
 if __name__ == "__main__":

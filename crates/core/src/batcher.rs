@@ -8,10 +8,19 @@
 //! the sampler's own (recorded from the logits that drew each token), not a
 //! second forward pass; a dataset pair's prior log-probs are computed the
 //! first time a run meets the pair and kept for its later epochs.
+//!
+//! Data parallel ([`Batcher::distributed`]): each rank takes a contiguous
+//! block of the step's prompts ([`align_distributed::shard`]), and its draws
+//! are the rows those prompts have in the single process's draw
+//! ([`sample_part`]), so the ranks' inputs end to end are the single
+//! process's step, row for row. A subset chosen from the rewards (RSO's
+//! rejection sampler, one random stream over the step's prompts) is chosen
+//! from every rank's rewards gathered, then each rank keeps its rows.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 
+use align_distributed::{shard, Comm, Single};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -20,7 +29,7 @@ use tch::{Device, Kind, Tensor};
 use crate::logprob::{policy_logprobs, sampling_logprobs};
 use crate::plan::{Candidates, DataPlan, Distribution};
 use crate::sample_cache::{SampleCache, SampleKey};
-use crate::sampling::sample;
+use crate::sampling::{sample, sample_part, Part};
 use crate::task::Prompt;
 use crate::{GoodnessModel, GroupInputs, Policy, RewardModel, SampleBatch, SamplingConfig};
 use crate::{Task, TextCodec};
@@ -57,8 +66,13 @@ pub struct BatchContext<'a> {
 /// One step's inputs to the loss.
 pub struct StepInputs {
     pub groups: GroupInputs,
-    /// Mean reward over every candidate, before any subset.
+    /// Mean reward over every candidate, before any subset (of this
+    /// rank's prompts, when data parallel).
     pub reward_mean: f64,
+    /// This rank's share of the step's prompts (1 in a single process): a
+    /// rank's means weighted by it and summed over the ranks are the
+    /// step's means.
+    pub share: f64,
 }
 
 pub struct Batcher<'a> {
@@ -71,6 +85,8 @@ pub struct Batcher<'a> {
     proposal: Option<Box<dyn Policy>>,
     /// Prior log-probs `(chosen, rejected)` of every dataset pair met so far.
     pair_prior: RefCell<HashMap<usize, (f32, f32)>>,
+    /// The ranks this step's prompts are sharded over.
+    comm: &'a dyn Comm,
 }
 
 impl<'a> Batcher<'a> {
@@ -124,7 +140,54 @@ impl<'a> Batcher<'a> {
             references,
             proposal: None,
             pair_prior: RefCell::new(HashMap::new()),
+            comm: &Single,
         })
+    }
+
+    /// Shards every step's prompts (or pairs) over `comm`'s ranks: this
+    /// rank's inputs are its block of the single process's step. Every rank
+    /// needs at least one prompt a step.
+    pub fn distributed(mut self, comm: &'a dyn Comm) -> anyhow::Result<Batcher<'a>> {
+        let per_step = self.order.per_step;
+        anyhow::ensure!(
+            per_step >= comm.size(),
+            "{per_step} prompt(s) a step cannot be shared by {} ranks: every rank needs at least one \
+             (raise train.prompts_per_step or start fewer ranks)",
+            comm.size()
+        );
+        self.comm = comm;
+        Ok(self)
+    }
+
+    /// This rank's block of a step's items, and where it stands among them.
+    fn local(&self, global: Vec<usize>) -> (Vec<usize>, Part) {
+        let range = shard(global.len(), self.comm.rank(), self.comm.size());
+        let part = Part {
+            first: range.start,
+            total: global.len(),
+        };
+        (global[range].to_vec(), part)
+    }
+
+    /// Every rank's rows of `local` `[P_r, n]`, in rank order: the step's
+    /// `[P, n]` (`total` prompts in all), the same values and kind.
+    fn gather_rows(&self, local: &Tensor, total: usize) -> Tensor {
+        let (size, n) = (self.comm.size(), local.size()[1]);
+        let counts: Vec<usize> = (0..size)
+            .map(|r| shard(total, r, size).len() * n as usize)
+            .collect();
+        let values = Vec::<f64>::try_from(
+            local
+                .to_device(Device::Cpu)
+                .to_kind(Kind::Double)
+                .view([-1]),
+        )
+        .expect("f64 values");
+        let all = self.comm.gather_f64(&values, &counts);
+        Tensor::from_slice(&all)
+            .view([total as i64, n])
+            .to_kind(local.kind())
+            .to_device(local.device())
     }
 
     pub fn plan(&self) -> &DataPlan {
@@ -148,7 +211,8 @@ impl<'a> Batcher<'a> {
     /// the resumed run reads the numbers the uninterrupted one kept.
     pub fn skip(&mut self, steps: usize) {
         for _ in 0..steps {
-            let items = self.order.next();
+            let global = self.order.next();
+            let (items, _) = self.local(global);
             if self.caches_pair_prior() {
                 let _ = self.pair_prior_logp(&items); // kept in the map
             }
@@ -204,7 +268,8 @@ impl<'a> Batcher<'a> {
     /// The inputs of step `step` (0-based) for `policy`, whose log-probs carry
     /// the gradient.
     pub fn next(&mut self, step: usize, policy: &dyn Policy) -> anyhow::Result<StepInputs> {
-        let items = self.order.next();
+        let global = self.order.next();
+        let (items, part) = self.local(global);
         let prompts: Vec<Prompt> = match self.ctx.task.train_pairs() {
             Some(pairs) if self.plan.uses_dataset_pairs() => {
                 items.iter().map(|&i| pairs[i].prompt.clone()).collect()
@@ -226,7 +291,8 @@ impl<'a> Batcher<'a> {
             } else {
                 step_seed(self.ctx.seed, &format!("sample/{i}"), step)
             };
-            sets.push(self.candidates(c, &items, &prompts, references.as_ref(), set_seed)?);
+            let refs = references.as_ref();
+            sets.push(self.candidates(c, &items, &prompts, refs, set_seed, part)?);
         }
         let counts: Vec<i64> = self.plan.candidates.iter().map(Candidates::count).collect();
         let mut batches = Vec::with_capacity(sets.len());
@@ -257,7 +323,15 @@ impl<'a> Batcher<'a> {
         // The subset the loss reads; only it is scored by the prior and the policy.
         let (batch, reward, known_prior) = match &self.plan.subset {
             Some(choose) => {
-                let index = choose(&reward, seed).to_device(reward.device()); // [P, k]
+                let index = if self.comm.size() > 1 {
+                    // Chosen from the whole step's rewards, as one process
+                    // chooses (one random stream over all its prompts).
+                    let all = self.gather_rows(&reward, part.total);
+                    choose(&all, seed).narrow(0, part.first as i64, p)
+                } else {
+                    choose(&reward, seed)
+                };
+                let index = index.to_device(reward.device()); // [P, k]
                 let k = index.size()[1];
                 let offsets = Tensor::arange(p, (Kind::Int64, index.device())).unsqueeze(1) * n;
                 let rows = (&index + offsets).view([-1]); // [P·k]
@@ -310,6 +384,7 @@ impl<'a> Batcher<'a> {
         Ok(StepInputs {
             groups,
             reward_mean,
+            share: p as f64 / part.total as f64,
         })
     }
 
@@ -323,6 +398,7 @@ impl<'a> Batcher<'a> {
         prompts: &[Prompt],
         references: Option<&StepReferences>,
         seed: u64,
+        part: Part,
     ) -> anyhow::Result<(SampleBatch, Tensor, Option<Tensor>)> {
         let p = prompts.len() as i64;
         let device = self.ctx.prior.device();
@@ -350,7 +426,8 @@ impl<'a> Batcher<'a> {
                 sampling,
             } => {
                 let draw = || -> anyhow::Result<(SampleBatch, Tensor)> {
-                    let mut batch = self.draw(*from, *count, sampling.as_ref(), prompts, seed);
+                    let config = sampling.as_ref();
+                    let mut batch = self.draw(*from, *count, config, prompts, seed, part);
                     let reward = self.score(&mut batch)?;
                     Ok((batch, reward))
                 };
@@ -367,7 +444,8 @@ impl<'a> Batcher<'a> {
                             task.eos_token(),
                             config,
                             seed,
-                        );
+                        )
+                        .in_part(part);
                         cache.get_or_draw(key, draw)?
                     }
                     _ => draw()?,
@@ -401,12 +479,13 @@ impl<'a> Batcher<'a> {
         sampling: Option<&SamplingConfig>,
         prompts: &[Prompt],
         seed: u64,
+        part: Part,
     ) -> SampleBatch {
         let config = sampling.unwrap_or(self.ctx.sampling);
         let task = self.ctx.task;
         let draw = |policy: &dyn Policy, count: i64, seed: u64| {
             crate::failpoint::hit("sample");
-            sample(
+            sample_part(
                 policy,
                 prompts,
                 count,
@@ -414,6 +493,7 @@ impl<'a> Batcher<'a> {
                 task.eos_token(),
                 config,
                 seed,
+                part,
             )
         };
         let prior = self.ctx.prior;
@@ -619,6 +699,15 @@ mod tests {
             }
         }
 
+        /// A fixed `[4, 4]` table (no global generator: threads build it too).
+        fn with_table(table: Tensor) -> Counting {
+            Counting {
+                vs: tch::nn::VarStore::new(Device::Cpu),
+                table: table.view([4, 4]),
+                forwards: Default::default(),
+            }
+        }
+
         fn forwards(&self) -> usize {
             self.forwards.load(std::sync::atomic::Ordering::Relaxed)
         }
@@ -748,6 +837,139 @@ mod tests {
         for (a, b) in cached.iter().zip(&fresh) {
             assert!((a - b).abs() < 1e-6, "{cached:?} vs {fresh:?}");
         }
+    }
+
+    /// The step's inputs as numbers, rows prompt-major: policy, proposal and
+    /// prior log-probs, rewards, lengths.
+    fn numbers(g: &GroupInputs) -> Vec<Vec<f64>> {
+        [
+            &g.policy_logp,
+            &g.proposal_logp,
+            &g.prior_logp,
+            &g.reward,
+            &g.lengths,
+        ]
+        .iter()
+        .map(|t| Vec::<f64>::try_from(t.detach().to_kind(Kind::Double).view([-1])).unwrap())
+        .collect()
+    }
+
+    /// Steps 0..6 of `plan` as rank `rank` of `comm`'s ranks (or one
+    /// process): each step's numbers, share and mean reward.
+    fn steps_as(
+        plan: &DataPlan,
+        per_step: Option<usize>,
+        comm: Option<&dyn align_distributed::Comm>,
+    ) -> Vec<(Vec<Vec<f64>>, f64, f64)> {
+        let task = task();
+        let table = (Tensor::arange(16, (Kind::Float, Device::Cpu)) * 0.37).sin() * 2.0;
+        let prior = Counting::with_table(table.copy());
+        let policy = Counting::with_table(table.view([4, 4]));
+        let sampling = SamplingConfig::default();
+        let ctx = BatchContext {
+            task: &task,
+            prior: &prior,
+            reward: &LengthReward,
+            goodness: &Identity,
+            codec: None,
+            sampling: &sampling,
+            seed: 11,
+            prompts_per_step: per_step,
+            shared: None,
+        };
+        let mut b = Batcher::new(ctx, plan.clone()).unwrap();
+        if let Some(comm) = comm {
+            b = b.distributed(comm).unwrap();
+        }
+        (0..6)
+            .map(|step| {
+                let inputs = b.next(step, &policy).unwrap();
+                (numbers(&inputs.groups), inputs.share, inputs.reward_mean)
+            })
+            .collect()
+    }
+
+    /// Two ranks (threads) each take a block of every step's prompts or
+    /// pairs: end to end, their inputs are the single process's, row for
+    /// row and bit for bit (the draws are the rows the single process draws,
+    /// and a subset chosen by one random stream over the step's prompts is
+    /// chosen from the gathered rewards); the shares add up to one.
+    #[test]
+    fn ranks_together_do_the_single_process_step_once() {
+        // Two of each prompt's four samples, at random from one stream over
+        // the step's prompts (as RSO's rejection sampler draws).
+        let random_two = |reward: &Tensor, seed: u64| {
+            let (p, n) = reward.size2().unwrap();
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let index: Vec<i64> = (0..p)
+                .flat_map(|_| {
+                    let mut all: Vec<i64> = (0..n).collect();
+                    all.shuffle(&mut rng);
+                    all.truncate(2);
+                    all
+                })
+                .collect();
+            Tensor::from_slice(&index).view([p, 2])
+        };
+        let plans = [
+            (DataPlan::sample(Distribution::Prior, 4), None),
+            (DataPlan::dataset_pairs(), Some(2)),
+            (
+                DataPlan::sample(Distribution::Prior, 4).subset(random_two),
+                Some(3),
+            ),
+        ];
+        for (plan, per_step) in plans {
+            let single = steps_as(&plan, per_step, None);
+            let ranks: Vec<_> = std::thread::scope(|s| {
+                let handles: Vec<_> = align_distributed::local::group(2)
+                    .into_iter()
+                    .map(|comm| {
+                        let plan = plan.clone();
+                        s.spawn(move || steps_as(&plan, per_step, Some(&comm)))
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            for (step, want) in single.iter().enumerate() {
+                let (a, b) = (&ranks[0][step], &ranks[1][step]);
+                for (what, column) in want.0.iter().enumerate() {
+                    let joined: Vec<f64> = a.0[what].iter().chain(&b.0[what]).copied().collect();
+                    assert_eq!(&joined, column, "{plan:?} step {step}, column {what}");
+                }
+                assert_eq!(want.1, 1.0);
+                assert!(
+                    a.1 > 0.0 && b.1 > 0.0 && a.1 + b.1 == 1.0,
+                    "shares {} {}",
+                    a.1,
+                    b.1
+                );
+                let mean = a.1 * a.2 + b.1 * b.2;
+                assert!((mean - want.2).abs() < 1e-12, "{mean} vs {}", want.2);
+            }
+        }
+    }
+
+    #[test]
+    fn more_ranks_than_prompts_is_refused() {
+        let task = task();
+        let prior = Counting::new();
+        let sampling = SamplingConfig::default();
+        let ctx = BatchContext {
+            task: &task,
+            prior: &prior,
+            reward: &LengthReward,
+            goodness: &Identity,
+            codec: None,
+            sampling: &sampling,
+            seed: 11,
+            prompts_per_step: Some(1),
+            shared: None,
+        };
+        let comms = align_distributed::local::group(2);
+        let b = Batcher::new(ctx, DataPlan::sample(Distribution::Prior, 2)).unwrap();
+        let err = b.distributed(&comms[0]).err().expect("refused");
+        assert!(err.to_string().contains("at least one"), "{err}");
     }
 
     #[test]

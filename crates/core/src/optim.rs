@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 
+use align_distributed::Comm;
 use tch::{nn, Tensor};
 
 use crate::manifest::Optimizer as OptimizerKind;
@@ -274,6 +275,123 @@ impl Optimizer {
         }
     }
 
+    /// Data parallelism: rank 0's weights (and f32 masters) into every
+    /// rank's, byte for byte, in one buffer; run before the first step.
+    pub fn broadcast_weights(&mut self, comm: &dyn Comm) {
+        if comm.size() == 1 {
+            return;
+        }
+        let _guard = tch::no_grad_guard();
+        let tensors: Vec<Tensor> = self
+            .params
+            .iter()
+            .flat_map(|p| std::iter::once(&p.value).chain(p.master.as_ref()))
+            .map(Tensor::shallow_clone)
+            .collect();
+        let bytes = |t: &Tensor| {
+            t.to_device(tch::Device::Cpu)
+                .contiguous()
+                .view([-1])
+                .view_dtype(tch::Kind::Uint8)
+        };
+        let mut buf = Vec::<u8>::try_from(Tensor::cat(
+            &tensors.iter().map(bytes).collect::<Vec<_>>(),
+            0,
+        ))
+        .expect("u8 bytes");
+        comm.broadcast(&mut buf);
+        let mut at = 0;
+        for mut t in tensors {
+            let len = t.numel() * t.kind().elt_size_in_bytes();
+            let theirs = Tensor::from_slice(&buf[at..at + len])
+                .view_dtype(t.kind())
+                .view(t.size().as_slice())
+                .to_device(t.device());
+            t.copy_(&theirs);
+            at += len;
+        }
+    }
+
+    /// Data parallelism: every rank's gradients scaled by its `share` of
+    /// the step (its prompts over the step's, so that the result is the
+    /// gradient of the step's mean loss), summed over the ranks through one
+    /// flat f32 buffer, into every rank's gradients, the same bits on every
+    /// rank: the finiteness check and the step that read them then agree.
+    /// A gradient that no rank has stays undefined (the step skips it).
+    pub fn sum_grads(&mut self, comm: &dyn Comm, share: f64) {
+        if comm.size() == 1 {
+            return;
+        }
+        let mut flat = {
+            let _guard = tch::no_grad_guard();
+            let cpu = (tch::Kind::Float, tch::Device::Cpu);
+            let mut parts: Vec<Tensor> = self
+                .params
+                .iter()
+                .map(|p| {
+                    let g = p.value.grad();
+                    if g.defined() {
+                        (g.to_kind(tch::Kind::Float) * share)
+                            .to_device(tch::Device::Cpu)
+                            .view([-1])
+                    } else {
+                        Tensor::zeros([p.value.numel() as i64], cpu)
+                    }
+                })
+                .collect();
+            // One flag per tensor: how many ranks have its gradient.
+            let defined: Vec<f32> = self
+                .params
+                .iter()
+                .map(|p| f32::from(u8::from(p.value.grad().defined())))
+                .collect();
+            parts.push(Tensor::from_slice(&defined));
+            Vec::<f32>::try_from(Tensor::cat(&parts, 0)).expect("f32 gradients")
+        };
+        comm.sum_f32(&mut flat);
+        let flags = &flat[flat.len() - self.params.len()..];
+        let mut at = 0;
+        for (p, &flag) in self.params.iter().zip(flags) {
+            let len = p.value.numel();
+            if flag > 0.0 {
+                if !p.value.grad().defined() {
+                    // A zero gradient to write into (this rank's loss did
+                    // not reach the tensor; another rank's did).
+                    (p.value.sum(tch::Kind::Float) * 0.0).backward();
+                }
+                let _guard = tch::no_grad_guard();
+                let mut g = p.value.grad();
+                let sum = Tensor::from_slice(&flat[at..at + len])
+                    .view(p.value.size().as_slice())
+                    .to_kind(g.kind())
+                    .to_device(g.device());
+                g.copy_(&sum);
+            }
+            at += len;
+        }
+    }
+
+    /// SHA-256 of every trained tensor's name, kind, shape and bytes (and of
+    /// the f32 masters): equal on every rank of a data-parallel run.
+    pub fn weights_sha256(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for p in &self.params {
+            for (what, t) in
+                std::iter::once(("", &p.value)).chain(p.master.iter().map(|m| ("master.", m)))
+            {
+                h.update(format!("{what}{} {:?} {:?}\n", p.name, t.kind(), t.size()));
+                let bytes = t
+                    .to_device(tch::Device::Cpu)
+                    .contiguous()
+                    .view([-1])
+                    .view_dtype(tch::Kind::Uint8);
+                h.update(Vec::<u8>::try_from(bytes).expect("u8 bytes"));
+            }
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// `zero_grad`, `backward`, `step`.
     pub fn backward_step(&mut self, loss: &Tensor) {
         self.zero_grad();
@@ -453,6 +571,86 @@ mod tests {
             o2.backward_step(&loss(&c, step));
         }
         assert_eq!(params(&straight), params(&second));
+    }
+
+    /// Two ranks (threads) that start from different weights and each see
+    /// half of the rows: after the broadcast and the summed gradients, their
+    /// weights are the same bits, and equal (to rounding) to one process
+    /// stepping on all the rows; a rank whose loss misses a tensor still
+    /// steps it.
+    #[test]
+    fn data_parallel_steps_agree_and_match_one_process() {
+        fn loss_of(m: &nn::Sequential, rows: std::ops::Range<i64>) -> Tensor {
+            let x = Tensor::arange(24, (Kind::Float, Device::Cpu)).view([4, 6]) / 10.0;
+            let x = x.narrow(0, rows.start, rows.end - rows.start);
+            (m.forward(&x) - 1.0).square().mean(Kind::Float)
+        }
+        let single = nn::VarStore::new(Device::Cpu);
+        let a = model(&single);
+        let mut opt = Optimizer::new(OptimizerKind::Adam, &single, 0.01).unwrap();
+        for _ in 0..5 {
+            opt.backward_step(&loss_of(&a, 0..4));
+        }
+        let ranks: Vec<(Vec<f64>, String)> = std::thread::scope(|s| {
+            let handles: Vec<_> = align_distributed::local::group(2)
+                .into_iter()
+                .map(|comm| {
+                    s.spawn(move || {
+                        let vs = nn::VarStore::new(Device::Cpu);
+                        let m = model(&vs);
+                        let extra = vs.root().var("unused", &[3], nn::Init::Const(1.0));
+                        if comm.rank() == 1 {
+                            // Rank 1 starts elsewhere: the broadcast undoes it.
+                            tch::no_grad(|| {
+                                for (_, mut t) in vs.variables() {
+                                    let _ = t.g_add_scalar_(0.5);
+                                }
+                            });
+                        }
+                        let mut opt = Optimizer::new(OptimizerKind::Adam, &vs, 0.01).unwrap();
+                        opt.broadcast_weights(&comm);
+                        let rows = if comm.rank() == 0 { 0..2 } else { 2..4 };
+                        for _ in 0..5 {
+                            opt.zero_grad();
+                            let mut loss = loss_of(&m, rows.clone());
+                            if comm.rank() == 0 {
+                                loss += extra.sum(Kind::Float) * 0.0;
+                            }
+                            loss.backward();
+                            opt.sum_grads(&comm, 0.5);
+                            assert!(extra.grad().defined(), "rank {}", comm.rank());
+                            opt.step();
+                        }
+                        let mut named: Vec<_> = vs.variables().into_iter().collect();
+                        named.retain(|(n, _)| n != "unused");
+                        named.sort_by(|a, b| a.0.cmp(&b.0));
+                        let values = named
+                            .iter()
+                            .flat_map(|(_, t)| {
+                                Vec::<f64>::try_from(t.to_kind(Kind::Double).view([-1])).unwrap()
+                            })
+                            .collect();
+                        (values, opt.weights_sha256())
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(ranks[0].1, ranks[1].1, "the ranks' weights differ");
+        assert_eq!(ranks[0].0, ranks[1].0);
+        let want = params(&single);
+        let moved = want
+            .iter()
+            .zip(&params(&{
+                let fresh = nn::VarStore::new(Device::Cpu);
+                let _ = model(&fresh);
+                fresh
+            }))
+            .any(|(p, q)| (p - q).abs() > 1e-3);
+        assert!(moved, "five steps moved the weights");
+        for (p, q) in ranks[0].0.iter().zip(&want) {
+            assert!((p - q).abs() <= 1e-6 * (1.0 + q.abs()), "{p} vs {q}");
+        }
     }
 
     #[test]

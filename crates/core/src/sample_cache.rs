@@ -39,6 +39,12 @@ pub struct SampleKey {
     top_k: Option<i64>,
     top_p: Option<u64>,
     seed: u64,
+    /// `(first, total)` when the prompts are one data-parallel rank's part
+    /// of a step's `total` prompts ([`Part`](crate::sampling::Part)): the
+    /// draws depend on where they stand. Absent for a whole call, so a
+    /// single process's keys (and files) are what they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    part: Option<(usize, usize)>,
 }
 
 impl SampleKey {
@@ -59,12 +65,22 @@ impl SampleKey {
             top_k: config.top_k,
             top_p: config.top_p.map(f64::to_bits),
             seed,
+            part: None,
         }
+    }
+
+    /// The key of the same prompts drawn as `part` of a larger call.
+    pub fn in_part(mut self, part: crate::sampling::Part) -> SampleKey {
+        let whole = part.first == 0 && part.total == self.prompts.len();
+        self.part = (!whole).then_some((part.first, part.total));
+        self
     }
 }
 
 /// Bumped when the sampler's draws or this file layout change, so that old
-/// files are never read as current draws.
+/// files are never read as current draws. (Sampling a data-parallel rank's
+/// part of a call left a whole call's draws and keys as they were: v1 files
+/// stay valid; a part's key differs by its `part`.)
 const FORMAT: &str = "brain-rs sample cache v1";
 
 /// Where draws outlive the process: `dir` holds one JSON file per draw.

@@ -375,6 +375,57 @@ pub fn sample(
     config: &SamplingConfig,
     seed: u64,
 ) -> SampleBatch {
+    let part = Part::whole(prompts.len());
+    sample_part(policy, prompts, n, max_new_tokens, eos, config, seed, part)
+}
+
+/// Which part of a larger [`sample`] call a [`sample_part`] call draws: its
+/// prompts are prompts `first .. first + len` of a call over `total`
+/// prompts (one data-parallel rank's shard of a step's prompts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    pub first: usize,
+    pub total: usize,
+}
+
+impl Part {
+    /// A call over all `prompts` prompts.
+    pub fn whole(prompts: usize) -> Part {
+        Part {
+            first: 0,
+            total: prompts,
+        }
+    }
+}
+
+/// [`sample`]'s draws for the rows of `part` alone: the same completions,
+/// bit for bit, as the rows of those prompts in the call over all of
+/// `part.total` prompts, for the same seed.
+///
+/// The call's one ChaCha stream gives token `t` of row `r` (of `B = P·n`)
+/// its uniform at word `t·B + r` (every draw takes one 32-bit word), so a
+/// part seeks to word `t·B + first·n` before each token's draws and reads
+/// the words its rows would have read. Seeking keeps a single process's
+/// draws what they always were, independent of how the step is sharded
+/// (per-prompt streams would have changed every committed result).
+#[allow(clippy::too_many_arguments)]
+pub fn sample_part(
+    policy: &dyn Policy,
+    prompts: &[Prompt],
+    n: i64,
+    max_new_tokens: i64,
+    eos: Option<i64>,
+    config: &SamplingConfig,
+    seed: u64,
+    part: Part,
+) -> SampleBatch {
+    assert!(
+        part.first + prompts.len() <= part.total,
+        "prompts {}..{} of a call over {}",
+        part.first,
+        part.first + prompts.len(),
+        part.total
+    );
     CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let _guard = tch::no_grad_guard();
     let device = policy.device();
@@ -390,7 +441,11 @@ pub fn sample(
     let mut model_logp = Tensor::zeros([b], (Kind::Float, device));
     let mut decoder = policy.decoder();
     let mut pending: Option<Tensor> = None; // the last sampled tokens [B], not yet fed
-    for _ in 0..max_new_tokens {
+    let (rows_before, rows_total) = (
+        part.first as u128 * n as u128,
+        part.total as u128 * n as u128,
+    );
+    for t in 0..max_new_tokens {
         let last = match (&mut decoder, &pending) {
             (Some(d), None) => d.prefill(&ids, &attn),
             (Some(d), Some(tokens)) => d.step(tokens, &attn),
@@ -410,6 +465,7 @@ pub fn sample(
                 config.sampling_logprobs(&last)
             }; // [B, V]
             let cdf = logq.exp().cumsum(-1, Kind::Float); // [B, V]
+            rng.set_word_pos(t as u128 * rows_total + rows_before);
             let u: Vec<f32> = (0..b)
                 .map(|_| rng.random_range(f32::EPSILON..1.0))
                 .collect();
@@ -515,6 +571,81 @@ mod tests {
         assert!(batch
             .model_logp
             .allclose(&policy_logprobs(&model, &batch), 1e-5, 1e-5, false));
+    }
+
+    /// Seeking the stream to word `k` gives the draw the `k`-th sequential
+    /// draw would have: each uniform takes one word, so [`sample`]'s seeks
+    /// leave a single process's draws as they were before parts existed.
+    #[test]
+    fn a_uniform_takes_one_word() {
+        let mut sequential = ChaCha8Rng::seed_from_u64(17);
+        for k in 0..100u128 {
+            let a: f32 = sequential.random_range(f32::EPSILON..1.0);
+            let mut seeking = ChaCha8Rng::seed_from_u64(17);
+            seeking.set_word_pos(k);
+            assert_eq!(a, seeking.random_range(f32::EPSILON..1.0), "word {k}");
+        }
+    }
+
+    /// A call split into parts (a step's prompts sharded over ranks) draws
+    /// the same completions and densities, bit for bit, as the whole call.
+    #[test]
+    fn parts_draw_what_the_whole_call_draws() {
+        struct Bigram(tch::nn::VarStore, Tensor);
+        impl Policy for Bigram {
+            fn forward(&self, ids: &Tensor, _mask: &Tensor) -> Tensor {
+                self.1
+                    .index_select(0, &ids.view([-1]))
+                    .view([ids.size()[0], ids.size()[1], 5])
+            }
+            fn vocab_size(&self) -> i64 {
+                5
+            }
+            fn var_store(&self) -> &tch::nn::VarStore {
+                &self.0
+            }
+            fn var_store_mut(&mut self) -> &mut tch::nn::VarStore {
+                &mut self.0
+            }
+        }
+        tch::manual_seed(4);
+        let model = Bigram(
+            tch::nn::VarStore::new(Device::Cpu),
+            Tensor::randn([5, 5], (Kind::Float, Device::Cpu)),
+        );
+        let prompts: Vec<Prompt> = [vec![1, 2], vec![3], vec![0, 2, 1], vec![2]]
+            .into_iter()
+            .map(|ids| Prompt { ids, text: None })
+            .collect();
+        for config in [
+            SamplingConfig::default(),
+            SamplingConfig {
+                temperature: 0.8,
+                top_k: Some(3),
+                top_p: None,
+            },
+        ] {
+            let whole = sample(&model, &prompts, 3, 6, Some(4), &config, 21);
+            let mut completions = Vec::new();
+            let mut logq = Vec::new();
+            let mut logp = Vec::new();
+            for range in [0..1, 1..3, 3..4] {
+                let part = Part {
+                    first: range.start,
+                    total: prompts.len(),
+                };
+                let b = sample_part(&model, &prompts[range], 3, 6, Some(4), &config, 21, part);
+                completions.extend(b.completions());
+                logq.push(b.proposal_logp);
+                logp.push(b.model_logp);
+            }
+            assert_eq!(completions, whole.completions(), "{config:?}");
+            assert!(Tensor::cat(&logq, 0).equal(&whole.proposal_logp));
+            assert!(Tensor::cat(&logp, 0).equal(&whole.model_logp));
+            // And the parts are not all the same draw: the test can fail.
+            let other = sample(&model, &prompts, 3, 6, Some(4), &config, 22);
+            assert_ne!(other.completions(), whole.completions());
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod format;
 pub mod html;
 pub mod plots;
 pub mod stats;
+pub mod sweep;
 pub mod tables;
 
 use format::{slug, write_atomic, Experiment};
@@ -115,7 +116,8 @@ pub fn write_experiment(dir: &Path) -> anyhow::Result<Tables> {
 }
 
 /// Runs [`write_experiment`] on every subdirectory of `root` that has a
-/// `runs.json` (in name order), then writes `root/tables.md` and
+/// `runs.json` or is a sweep's directory (merged first: [`sweep::merge`]),
+/// in name order, then writes `root/tables.md` and
 /// `root/tables.csv`: the cross-experiment table of win rates.
 pub fn write_all(root: &Path) -> anyhow::Result<AllTables> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
@@ -123,10 +125,14 @@ pub fn write_all(root: &Path) -> anyhow::Result<AllTables> {
         .map(|e| e.map(|e| e.path()))
         .collect::<Result<_, _>>()
         .with_context(|| format!("reading {}", root.display()))?;
-    dirs.retain(|d| d.is_dir() && d.join("runs.json").is_file());
+    dirs.retain(|d| d.is_dir() && (d.join("runs.json").is_file() || sweep::is_sweep(d)));
     dirs.sort();
     let mut experiments = Vec::new();
     for d in dirs {
+        // A sweep's jobs are merged first (refused while any is unfinished).
+        if sweep::is_sweep(&d) {
+            sweep::merge(&d)?;
+        }
         let t = write_experiment(&d)?;
         experiments.push((d, t));
     }

@@ -9,6 +9,7 @@ pub mod report;
 pub mod samples;
 pub mod sft;
 pub mod stages;
+pub mod sweep;
 pub mod train;
 
 use std::path::{Path, PathBuf};
@@ -123,7 +124,18 @@ pub fn run_locked(
     }
 }
 
+/// A data-parallel rank other than 0 (`mpiexec -n N`): the same runs as
+/// rank 0, in step with it, reading its checkpoints in `out_dir`; rank 0
+/// alone evaluates and writes (see [`train`]).
+pub fn run_follower(manifest: &Manifest, out_dir: &Path) -> anyhow::Result<Outcome> {
+    check_run_names(manifest)?;
+    run_in(manifest, out_dir, false)
+}
+
 fn run_in(manifest: &Manifest, out_dir: &Path, progress: bool) -> anyhow::Result<Outcome> {
+    // Data parallel: the other ranks read `out_dir` once rank 0 has begun it.
+    align_distributed::world().barrier();
+    let root = align_distributed::world().is_root();
     if let Some(t) = manifest.threads {
         tch::set_num_threads(t);
     }
@@ -155,8 +167,10 @@ fn run_in(manifest: &Manifest, out_dir: &Path, progress: bool) -> anyhow::Result
         })
         .context("building the task")?;
     if let Some(c) = &manifest.sft {
-        let done = sft::sft(prior.as_mut(), task.as_ref(), c, manifest.seed, progress)
-            .context("the `[sft]` stage")?;
+        let done = align_distributed::root_first(|| {
+            sft::sft(prior.as_mut(), task.as_ref(), c, manifest.seed, progress)
+        })
+        .context("the `[sft]` stage")?;
         match (done.cached, done.nll) {
             (true, _) => eprintln!("SFT: cached in {}", done.dir.display()),
             (false, Some((first, last))) => eprintln!(
@@ -213,10 +227,12 @@ fn run_in(manifest: &Manifest, out_dir: &Path, progress: bool) -> anyhow::Result
         results.push((run.name.clone(), RunResults::new()));
     }
     let mut steps_logs: Vec<Vec<(u64, StepLog)>> = vec![Vec::new(); manifest.runs.len()];
-    align_core::io::write_atomic(
-        &out_dir.join("manifest.resolved.toml"),
-        manifest.resolved_toml().as_bytes(),
-    )?;
+    if root {
+        align_core::io::write_atomic(
+            &out_dir.join("manifest.resolved.toml"),
+            manifest.resolved_toml().as_bytes(),
+        )?;
+    }
     let runs_file = RunsFile {
         experiment: manifest.name.clone(),
         description: manifest.description.clone(),
@@ -239,38 +255,41 @@ fn run_in(manifest: &Manifest, out_dir: &Path, progress: bool) -> anyhow::Result
         if let Some(c) = &shared_samples {
             c.clear(); // another seed's draws are never asked for again
         }
-        let prior_dir = checkpoint::dir(out_dir, "prior", seed);
-        let done = match checkpoint::load_finished(&prior_dir)? {
-            Some(done) => done,
-            None => {
-                let at = evaluate::Point {
-                    run: "prior",
-                    seed,
-                    step: 0,
-                };
-                let judged = evaluate::evaluate(manifest, &eval_ctx, prior.as_ref(), &at)?;
-                let done = checkpoint::Finished {
-                    record: record("prior", "-", seed, 0, 0.0, &judged, vec![0]),
-                    samples: judged.records,
-                    log: StepLog::new(),
-                    metrics: judged.metrics,
-                };
-                checkpoint::save_finished(&prior_dir, None, &done)?;
-                done
-            }
-        };
-        rows.push(Row {
-            name: "prior".into(),
-            estimator: "-".into(),
-            seed: Some(seed),
-            steps: 0,
-            seconds: 0.0,
-            metrics: done.metrics,
-        });
-        let prior_results = &mut results[1].1;
-        prior_results.records.push(done.record);
-        prior_results.samples.extend(done.samples);
-        markdown = flush(out_dir, &runs_file, &results)?;
+        // Rank 0 alone evaluates the prior and writes the results.
+        if root {
+            let prior_dir = checkpoint::dir(out_dir, "prior", seed);
+            let done = match checkpoint::load_finished(&prior_dir)? {
+                Some(done) => done,
+                None => {
+                    let at = evaluate::Point {
+                        run: "prior",
+                        seed,
+                        step: 0,
+                    };
+                    let judged = evaluate::evaluate(manifest, &eval_ctx, prior.as_ref(), &at)?;
+                    let done = checkpoint::Finished {
+                        record: record("prior", "-", seed, 0, 0.0, &judged, vec![0]),
+                        samples: judged.records,
+                        log: StepLog::new(),
+                        metrics: judged.metrics,
+                    };
+                    checkpoint::save_finished(&prior_dir, None, &done)?;
+                    done
+                }
+            };
+            rows.push(Row {
+                name: "prior".into(),
+                estimator: "-".into(),
+                seed: Some(seed),
+                steps: 0,
+                seconds: 0.0,
+                metrics: done.metrics,
+            });
+            let prior_results = &mut results[1].1;
+            prior_results.records.push(done.record);
+            prior_results.samples.extend(done.samples);
+            markdown = flush(out_dir, &runs_file, &results)?;
+        }
 
         for (i, run) in manifest.runs.iter().enumerate() {
             let dir = checkpoint::dir(out_dir, &run.name, seed);
@@ -312,8 +331,10 @@ fn run_in(manifest: &Manifest, out_dir: &Path, progress: bool) -> anyhow::Result
             run_results.records.push(done.record);
             run_results.samples.extend(done.samples);
             steps_logs[i].push((seed, done.log));
-            report::write_steps(out_dir, &run.name, &steps_logs[i])?;
-            markdown = flush(out_dir, &runs_file, &results)?;
+            if root {
+                report::write_steps(out_dir, &run.name, &steps_logs[i])?;
+                markdown = flush(out_dir, &runs_file, &results)?;
+            }
         }
     }
     Ok(Outcome {
@@ -399,6 +420,26 @@ fn train_run(
     };
     let mut trained =
         train::train(s, policy.as_mut(), start, &mut hooks, progress).context("training")?;
+    if !align_distributed::world().is_root() {
+        // Rank 0 evaluates the trained policy and keeps it; the others only train.
+        let record = RunRecord {
+            run: run.name.clone(),
+            estimator: run.estimator.plugin.clone(),
+            seed: Some(seed),
+            steps: trained.step,
+            seconds: hooks.seconds(),
+            metrics: Vec::new(),
+            columns: Vec::new(),
+            eval_steps: Vec::new(),
+            samples: None,
+        };
+        return Ok(checkpoint::Finished {
+            record,
+            samples: Vec::new(),
+            log: trained.log,
+            metrics: Metrics::new(),
+        });
+    }
     let at = evaluate::Point {
         run: &run.name,
         seed,

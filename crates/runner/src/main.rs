@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod lm;
+mod nccl_check;
 mod rm;
 
 #[derive(Parser)]
@@ -71,6 +72,15 @@ enum Command {
     TrainRm(TrainRmArgs),
     /// Add `reward` and `log_goodness` to every record of a sample file.
     Score(rm::ScoreArgs),
+    /// Split a manifest into indexed jobs (runs × grid × seeds) for array
+    /// jobs: `--list`, `--count`, or run job `--index I` (default
+    /// $SLURM_ARRAY_TASK_ID, else $JOB_COMPLETION_INDEX); `runner tables DIR`
+    /// merges them.
+    Sweep(runner::sweep::SweepArgs),
+    /// Check the NCCL path on this machine's GPU: exact bf16 and f32 sums
+    /// over the ranks (one without `mpiexec`), and a timed bf16 sum (one
+    /// JSON line per rank; needs a build with `--features nccl`).
+    NcclCheck(nccl_check::NcclCheckArgs),
 }
 
 #[derive(clap::Args)]
@@ -82,7 +92,8 @@ struct CheckArgs {
 
 #[derive(clap::Args)]
 struct TablesArgs {
-    /// `results/` (every experiment in it) or `results/<experiment>`.
+    /// `results/` (every experiment in it), `results/<experiment>`, or a
+    /// sweep's directory (`runner sweep`: its jobs are merged first).
     #[arg(default_value = "results")]
     dir: PathBuf,
 }
@@ -118,6 +129,25 @@ fn train_rm(a: &TrainRmArgs, m: &RmManifest) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // Under `mpiexec -n N` (a build with `--features mpi`): one rank of a
+    // data-parallel run; MPI stays open until `_mpi` drops, as main returns.
+    let _mpi = match align_mpi::init() {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = cli_main();
+    let world = align_distributed::world();
+    if code != ExitCode::SUCCESS && world.size() > 1 {
+        // The other ranks may be waiting in a collective: end them too.
+        world.abort(1);
+    }
+    code
+}
+
+fn cli_main() -> ExitCode {
     let cli = Cli::parse();
     let lm_result = match &cli.command {
         Some(Command::List) => {
@@ -140,6 +170,8 @@ fn main() -> ExitCode {
             Ok(m) => Some(train_rm(a, &m)),
         },
         Some(Command::Score(a)) => Some(rm::score(a)),
+        Some(Command::NcclCheck(a)) => Some(nccl_check::nccl_check(a)),
+        Some(Command::Sweep(a)) => return runner::sweep::main(a),
         Some(Command::Tables(a)) => Some(tables(&a.dir)),
         Some(Command::Check(a)) => {
             let how = How {
@@ -194,6 +226,14 @@ fn manifest_name(path: &Path, overrides: &[String]) -> Option<String> {
 }
 
 fn tables(dir: &Path) -> anyhow::Result<()> {
+    if align_report::sweep::is_sweep(dir) {
+        let m = align_report::sweep::merge(dir)?;
+        eprintln!(
+            "merged the {} jobs of the sweep in {}",
+            m.jobs,
+            dir.display()
+        );
+    }
     if dir.join("runs.json").is_file() {
         let t = align_report::write_experiment(dir)?;
         print!("{}", t.markdown);
@@ -233,7 +273,9 @@ fn experiment(path: &Path, overrides: &[String], out: Option<PathBuf>, how: How)
             .map(|n| PathBuf::from("results").join(n))
     });
     let mut locked = None;
-    if let (false, Some(dir)) = (dry_run, &early) {
+    // Data parallel: rank 0 alone locks and writes; the others read.
+    let root = align_distributed::world().is_root();
+    if let (false, Some(dir), true) = (dry_run, &early, root) {
         match runner::outdir::OutDir::lock(dir) {
             Ok(l) => locked = Some(l),
             Err(e) => return fail(e),
@@ -264,7 +306,8 @@ fn experiment(path: &Path, overrides: &[String], out: Option<PathBuf>, how: How)
             Err(e) => return fail(e),
         }
     } else {
-        match runner::stages::reward_models(&stages, !quiet) {
+        // Rank 0 trains the stages; the other ranks then read their caches.
+        match align_distributed::root_first(|| runner::stages::reward_models(&stages, !quiet)) {
             Ok(lines) => {
                 for l in &lines {
                     eprintln!("stage: {l}");
@@ -287,6 +330,15 @@ fn experiment(path: &Path, overrides: &[String], out: Option<PathBuf>, how: How)
                 print!("{plan}");
                 ExitCode::SUCCESS
             }
+            Err(e) => fail(e),
+        };
+    }
+    if !root {
+        let dir = out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("results").join(&manifest.name));
+        return match runner::run_follower(&manifest, &dir) {
+            Ok(_) => ExitCode::SUCCESS,
             Err(e) => fail(e),
         };
     }

@@ -57,6 +57,18 @@ pub fn manifest_hash(resolved_toml: &str) -> String {
         .collect()
 }
 
+/// Whether `path` holds a finished run of the manifest whose resolved form
+/// is `resolved_toml` (read without the lock: a writer there now fails at
+/// [`OutDir::lock`] anyway). `runner sweep` skips such a job.
+pub fn is_finished(path: &Path, resolved_toml: &str) -> bool {
+    std::fs::read(path.join(STATE_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<RunState>(&b).ok())
+        .is_some_and(|s| {
+            s.state == State::Finished && s.manifest_sha256 == manifest_hash(resolved_toml)
+        })
+}
+
 /// An output directory this process holds the lock of (released on drop,
 /// or by the kernel if the process dies).
 pub struct OutDir {

@@ -1,6 +1,21 @@
 //! The one flat training loop every estimator goes through: refresh the
 //! proposal, build the inputs the estimator's data plan declares, take a step
 //! on its loss, log, checkpoint.
+//!
+//! Data parallel (`mpiexec -n N runner …`, [`align_distributed::world`]):
+//! every rank starts from rank 0's weights, takes its block of each step's
+//! prompts (the batcher shards them, and its draws are the rows the single
+//! process draws for them), and before each optimizer step the ranks' loss,
+//! metrics and gradients, each weighted by the rank's share of the step's
+//! prompts, are summed: the step's mean over all its prompts, as one process
+//! computes it (to rounding), the same bits on every rank. Estimators whose
+//! loss is a mean over prompts (BRAIn, RLOO, RRHF) or over their equal-sized
+//! groups get the single process's gradient; those that average over the
+//! valid pairs of the step (DPO, RSO, SLiC-HF drop pairs of equal reward)
+//! weight each rank's mean by its prompts, which is the same only when the
+//! ranks keep the same share of pairs. Rank 0 alone evaluates and
+//! checkpoints; each run ends with the ranks comparing a hash of their
+//! weights.
 
 use align_core::batcher::{BatchContext, Batcher};
 use align_core::manifest::{Manifest, OnNonfinite, Run};
@@ -8,6 +23,7 @@ use align_core::optim::Optimizer;
 use align_core::policy::frozen_copy;
 use align_core::sample_cache::SampleCache;
 use align_core::{Metrics, ModelContext, Policy, RewardModel, Task, TextCodec};
+use align_distributed::Comm;
 use anyhow::Context;
 use tch::Tensor;
 
@@ -82,12 +98,16 @@ pub fn train(
 ) -> anyhow::Result<Progress> {
     let estimator = s.run.estimator.value.as_ref();
     let train = &s.manifest.train;
+    let comm = align_distributed::world();
+    let show_progress = show_progress && comm.is_root();
     let mut opt = Optimizer::new(train.optimizer, policy.var_store(), s.run.lr)?;
     opt.load_state(
         progress.optimizer_steps,
         std::mem::take(&mut progress.optimizer_state),
     )
     .context("restoring the optimizer from the checkpoint")?;
+    // Every rank starts from rank 0's weights (fresh or its checkpoint's).
+    opt.broadcast_weights(comm);
     let context = BatchContext {
         task: s.task,
         prior: s.prior,
@@ -100,6 +120,7 @@ pub fn train(
         shared: s.samples,
     };
     let mut batcher = Batcher::new(context, estimator.plan())
+        .and_then(|b| b.distributed(comm))
         .with_context(|| format!("estimator `{}`", s.run.estimator.plugin))?;
     batcher.skip(progress.step);
     if let Some(q) = progress.proposal.take() {
@@ -119,7 +140,13 @@ pub fn train(
         policy.finish_backward();
         align_core::failpoint::hit("train-step");
         metrics.set("reward_mean", inputs.reward_mean); // over every candidate
-        let loss_value = loss.double_value(&[]);
+        let mut loss_value = loss.double_value(&[]);
+        if comm.size() > 1 {
+            // The step's gradient, loss and metrics over every rank's prompts.
+            opt.sum_grads(comm, inputs.share);
+            loss_value = sum_scalars(comm, inputs.share, loss_value, &mut metrics)
+                .with_context(|| format!("step {}", step + 1))?;
+        }
         // The update check reads every gradient's largest value: a NaN or
         // infinite gradient fails it too.
         if loss_value.is_finite() && opt.update_is_finite() {
@@ -131,13 +158,15 @@ pub fn train(
             progress.nonfinite_steps += 1;
             metrics.set("nonfinite", 1.0);
             if train.on_nonfinite == OnNonfinite::Stop {
-                eprintln!(
+                if comm.is_root() {
+                    eprintln!(
                     "  {} (seed {}): step {} has a non-finite loss, gradient or update (loss {loss_value}); \
                      stopping the run there (train.on_nonfinite = \"stop\"; \"skip\" would go on)",
                     s.run.name,
                     s.seed,
                     step + 1
                 );
+                }
                 progress.stopped = true;
                 progress.log.push((step + 1, metrics));
                 progress.step = step;
@@ -145,8 +174,12 @@ pub fn train(
             }
         }
 
-        // The final evaluation is the caller's.
-        if train.eval_every > 0 && (step + 1) % train.eval_every == 0 && step + 1 < s.run.steps {
+        // The final evaluation is the caller's; rank 0 alone evaluates.
+        if train.eval_every > 0
+            && (step + 1) % train.eval_every == 0
+            && step + 1 < s.run.steps
+            && comm.is_root()
+        {
             metrics.extend(&hooks.evaluate(policy, step + 1)?);
         }
         progress.log.push((step + 1, metrics));
@@ -155,6 +188,7 @@ pub fn train(
         if train.checkpoint_every > 0
             && progress.step.is_multiple_of(train.checkpoint_every)
             && progress.step < s.run.steps
+            && comm.is_root()
         {
             let at = Snapshot {
                 step: progress.step,
@@ -169,5 +203,66 @@ pub fn train(
     }
     bar.finish_and_clear();
     progress.optimizer_steps = opt.steps();
+    if comm.size() > 1 {
+        agree(comm, &opt, s, progress.step)?;
+    }
     Ok(progress)
+}
+
+/// `loss` and every metric, each times this rank's `share`, summed over the
+/// ranks (into `metrics`); returns the summed loss. Every rank must log the
+/// same metrics in the same order, which rank 0's list of names checks.
+fn sum_scalars(
+    comm: &dyn Comm,
+    share: f64,
+    loss: f64,
+    metrics: &mut Metrics,
+) -> anyhow::Result<f64> {
+    let names: Vec<String> = metrics.iter().map(|(n, _)| n.to_string()).collect();
+    let mut digest = names_digest(&names);
+    comm.broadcast(&mut digest);
+    anyhow::ensure!(
+        digest == names_digest(&names),
+        "rank {} logs other metrics than rank 0 ({names:?})",
+        comm.rank()
+    );
+    let mut values: Vec<f64> = std::iter::once(loss)
+        .chain(metrics.iter().map(|(_, v)| v))
+        .map(|v| v * share)
+        .collect();
+    comm.sum_f64(&mut values);
+    for (name, v) in names.iter().zip(&values[1..]) {
+        metrics.set(name.as_str(), *v);
+    }
+    Ok(values[0])
+}
+
+fn names_digest(names: &[String]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(names.join("\n")).into()
+}
+
+/// The ranks compare a hash of their weights after a run's last step: they
+/// must hold the same bits. Each rank prints its own (one line on stderr).
+fn agree(comm: &dyn Comm, opt: &Optimizer, s: &Setup, step: usize) -> anyhow::Result<()> {
+    let mine = opt.weights_sha256();
+    let mut root = mine.clone().into_bytes();
+    comm.broadcast(&mut root);
+    // One write, so that the ranks' lines (on one terminal) do not interleave.
+    let line = format!(
+        "  rank {} of {}: {} (seed {}) after step {step}: weights sha256 {mine}\n",
+        comm.rank(),
+        comm.size(),
+        s.run.name,
+        s.seed
+    );
+    let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
+    anyhow::ensure!(
+        root == mine.as_bytes(),
+        "rank {}'s weights differ from rank 0's after step {step} of {} (seed {})",
+        comm.rank(),
+        s.run.name,
+        s.seed
+    );
+    Ok(())
 }

@@ -9,7 +9,10 @@
 //! linked into the repository as `.libtorch` (which `.cargo/config.toml` points
 //! tch at; the crates' build scripts embed its `lib/` as an rpath).
 //! `cargo xtask test` also installs Debian's `chromium`, in which the report
-//! crate's test renders report.html headless (`BRAIN_SKIP_BROWSER=1` skips both).
+//! crate's test renders report.html headless (`BRAIN_SKIP_BROWSER=1` skips both),
+//! and MPICH (`mpich libmpich-dev`, with `libclang-dev` for rsmpi's bindgen),
+//! under which it runs the data-parallel test, `mpiexec -n 2` against one
+//! process (`BRAIN_SKIP_MPI=1` skips both).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -61,6 +64,7 @@ fn main() -> Result<()> {
         Some("test") => {
             setup(&root)?;
             install_chromium()?;
+            let mpi = install_mpich()?;
             step("checking formatting (cargo fmt --check)");
             run(cargo(&["fmt", "--all", "--", "--check"]).current_dir(&root))?;
             step("linting (cargo clippy -D warnings)");
@@ -76,7 +80,19 @@ fn main() -> Result<()> {
             step("running the test suite (cargo test --workspace)");
             let mut cmd = cargo(&["test", "--workspace"]);
             cmd.args(&args[1..]);
-            run(cmd.current_dir(&root))
+            run(cmd.current_dir(&root))?;
+            if mpi {
+                // Only align-mpi and the runner are built again with MPI.
+                let test = ["-p", "runner", "--features", "mpi", "--test", "mpi"];
+                step("linting the MPI build (cargo clippy -p runner --features mpi --test mpi)");
+                run(cargo(&["clippy"])
+                    .args(test)
+                    .args(["--", "-D", "warnings"])
+                    .current_dir(&root))?;
+                step("data-parallel training: mpiexec -n 2 against one process (cargo test -p runner --features mpi --test mpi)");
+                run(cargo(&["test"]).args(test).current_dir(&root))?;
+            }
+            Ok(())
         }
         _ => {
             eprintln!("usage: cargo xtask <quickstart | test | setup>");
@@ -245,23 +261,71 @@ fn install_chromium() -> Result<()> {
              or set BRAIN_SKIP_BROWSER=1 to skip the report's browser test"
         );
     }
-    let root = output(Command::new("id").arg("-u")).as_deref() == Some("0");
-    let apt = |args: &[&str]| {
-        let mut cmd = if root {
-            Command::new("apt-get")
-        } else {
-            // sudo resets the environment; it takes variables as arguments.
-            let mut c = Command::new("sudo");
-            c.args(["DEBIAN_FRONTEND=noninteractive", "apt-get"]);
-            c
-        };
-        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
-        cmd
-    };
     run(&mut apt(&["update"])).context("apt-get update (for chromium)")?;
     run(&mut apt(&["install", "-y", "chromium"]))
         .context("installing chromium (or set BRAIN_SKIP_BROWSER=1 to skip the browser test)")?;
     Ok(())
+}
+
+/// `apt-get ARGS`, through sudo when not root.
+fn apt(args: &[&str]) -> Command {
+    let root = output(Command::new("id").arg("-u")).as_deref() == Some("0");
+    let mut cmd = if root {
+        Command::new("apt-get")
+    } else {
+        // sudo resets the environment; it takes variables as arguments.
+        let mut c = Command::new("sudo");
+        c.args(["DEBIAN_FRONTEND=noninteractive", "apt-get"]);
+        c
+    };
+    cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+    cmd
+}
+
+/// Debian's packages for the data-parallel test: MPICH (`mpiexec`, the
+/// library and its headers, which rsmpi builds against) and libclang (rsmpi
+/// generates its bindings with bindgen). Installed with apt-get when one is
+/// missing; returns whether the MPI test is to run.
+const MPI_PACKAGES: &[&str] = &["mpich", "libmpich-dev", "libclang-dev"];
+
+fn install_mpich() -> Result<bool> {
+    if std::env::var("BRAIN_SKIP_MPI").as_deref() == Ok("1") {
+        eprintln!("==> MPICH: BRAIN_SKIP_MPI=1, not installing (the mpiexec test is skipped)");
+        return Ok(false);
+    }
+    let installed = |p: &str| {
+        output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p])).as_deref()
+            == Some("install ok installed")
+    };
+    let missing: Vec<&str> = MPI_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !installed(p))
+        .collect();
+    if missing.is_empty() {
+        eprintln!(
+            "==> MPICH and libclang: already installed ({})",
+            MPI_PACKAGES.join(" ")
+        );
+        return Ok(true);
+    }
+    step(&format!(
+        "installing Debian's {} with apt-get (the data-parallel test runs the runner under mpiexec -n 2; rsmpi builds against MPICH with bindgen)",
+        missing.join(" ")
+    ));
+    if output(Command::new("sh").args(["-c", "command -v apt-get"])).is_none() {
+        bail!(
+            "{} missing and there is no apt-get: install MPICH (mpiexec, mpicc, headers) and \
+             libclang by hand, or set BRAIN_SKIP_MPI=1 to skip the data-parallel test",
+            missing.join(", ")
+        );
+    }
+    run(&mut apt(&["update"])).context("apt-get update (for MPICH)")?;
+    let mut args = vec!["install", "-y"];
+    args.extend(&missing);
+    run(&mut apt(&args))
+        .context("installing MPICH (or set BRAIN_SKIP_MPI=1 to skip the data-parallel test)")?;
+    Ok(true)
 }
 
 fn setup(root: &Path) -> Result<()> {

@@ -67,6 +67,12 @@ pub(crate) fn fix_for(message: &str) -> String {
         let (field, expected) = rest
             .split_once(", expected ")
             .unwrap_or((rest, "no other keys"));
+        if field == "`sweep`" {
+            // Only `runner sweep` reads `[sweep]` (it expands the grid into jobs).
+            return "this manifest is a sweep: `runner sweep MANIFEST --list` shows its jobs, \
+                    `runner sweep MANIFEST --index I` runs one"
+                .into();
+        }
         let expected = expected.strip_prefix("one of ").unwrap_or(expected);
         return format!("remove {field} or use one of the expected keys: {expected}");
     }
