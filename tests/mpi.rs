@@ -6,8 +6,9 @@
 //!   prints a SHA-256 of its weights).
 //! - Rank 0's trained weights equal the single process's within
 //!   [`TOLERANCE`]: the ranks split each step's prompts and draw exactly the
-//!   single process's rows for them, and their loss and gradients, weighted
-//!   by their share of the step, are summed before each step. On the
+//!   single process's rows for them, and the gradients of their shares of
+//!   the step's loss (each mean weighed by the rank's terms over every
+//!   rank's) are summed before each step. On the
 //!   tabular policy (one logit row per prefix, so no two prompts share a
 //!   weight) with two prompts a rank, every product and sum is the single
 //!   process's and the weights are equal bit for bit, with Adam. Elsewhere
@@ -288,9 +289,11 @@ fn two_ranks_train_as_one_process_on_the_combined_batch() {
         let apart = max_diff(&weights(&dp, "brain"), &weights(&dp, "rloo"));
         assert!(apart > 1e-2, "{what}: BRAIn and RLOO {apart} apart");
         // RSO draws from the prior and accepts from the gathered rewards:
-        // the same samples at every step as one process, whatever its
-        // weights (its loss, a mean over valid pairs, weights each rank by
-        // its prompts, so they are not compared).
+        // the same samples at every step as one process. Its loss is a mean
+        // over the step's valid pairs, which the ranks hold in unequal
+        // numbers: each rank's mean is weighed by its pairs over every
+        // rank's (`Estimator::loss_means`), so its weights are the single
+        // process's too.
         let (x, y) = (
             column(&one, "rso", "accepted_reward_mean"),
             column(&dp, "rso", "accepted_reward_mean"),
@@ -304,7 +307,8 @@ fn two_ranks_train_as_one_process_on_the_combined_batch() {
             );
         }
         let rso = max_diff(&weights(&one, "rso"), &weights(&dp, "rso"));
-        eprintln!("{what}: RSO: largest |Δweight| 2 ranks vs 1 process = {rso:e} (not bounded)");
+        eprintln!("{what}: RSO: largest |Δweight| 2 ranks vs 1 process = {rso:e}");
+        assert!(rso <= TOLERANCE, "{what}: RSO: {rso} > {TOLERANCE}");
     }
 }
 

@@ -24,7 +24,7 @@ pub mod task;
 pub mod text;
 
 pub use device::DeviceChoice;
-pub use estimator::{pair_mask, pair_mean, Estimator, GroupInputs, Pairs};
+pub use estimator::{pair_mask, pair_mean, Estimator, GroupInputs, Means, Pairs};
 pub use evaluator::{EvalConfig, EvalContext, Evaluation, Evaluator, HeldOut};
 pub use metrics::Metrics;
 pub use plan::{Candidates, DataPlan, Distribution};

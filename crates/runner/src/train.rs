@@ -5,17 +5,15 @@
 //! Data parallel (`mpiexec -n N runner …`, [`align_distributed::world`]):
 //! every rank starts from rank 0's weights, takes its block of each step's
 //! prompts (the batcher shards them, and its draws are the rows the single
-//! process draws for them), and before each optimizer step the ranks' loss,
-//! metrics and gradients, each weighted by the rank's share of the step's
-//! prompts, are summed: the step's mean over all its prompts, as one process
-//! computes it (to rounding), the same bits on every rank. Estimators whose
-//! loss is a mean over prompts (BRAIn, RLOO, RRHF) or over their equal-sized
-//! groups get the single process's gradient; those that average over the
-//! valid pairs of the step (DPO, RSO, SLiC-HF drop pairs of equal reward)
-//! weight each rank's mean by its prompts, which is the same only when the
-//! ranks keep the same share of pairs. Rank 0 alone evaluates and
-//! checkpoints; each run ends with the ranks comparing a hash of their
-//! weights.
+//! process draws for them), and trains on its share of the step's loss:
+//! each of the loss's means ([`align_core::Estimator::loss_means`]: over the
+//! prompts, or over the step's valid pairs for DPO, RSO and SLiC-HF's
+//! calibration) times the rank's terms over every rank's. Before each
+//! optimizer step the shares' gradients and losses are summed, which is the
+//! single process's step (to rounding), the same bits on every rank; the
+//! metrics are summed weighted by the ranks' shares of the prompts. Rank 0
+//! alone evaluates and checkpoints; each run ends with the ranks comparing a
+//! hash of their weights.
 
 use align_core::batcher::{BatchContext, Batcher};
 use align_core::manifest::{Manifest, OnNonfinite, Run};
@@ -134,7 +132,17 @@ pub fn train(
             batcher.set_proposal(frozen_copy(model, s.model_ctx, policy)?);
         }
         let inputs = batcher.next(step, policy)?;
-        let (loss, mut metrics) = estimator.loss(&inputs.groups);
+        let (loss, mut metrics) = if comm.size() > 1 {
+            // This rank's share of each of the loss's means over the whole
+            // step (its terms over every rank's): the shares' gradients,
+            // summed, are the single process's.
+            let (means, metrics) = estimator.loss_means(&inputs.groups);
+            let mut totals = means.counts();
+            comm.sum_f64(&mut totals);
+            (means.share_of(&totals), metrics)
+        } else {
+            estimator.loss(&inputs.groups)
+        };
         opt.zero_grad();
         loss.backward();
         policy.finish_backward();
@@ -142,8 +150,9 @@ pub fn train(
         metrics.set("reward_mean", inputs.reward_mean); // over every candidate
         let mut loss_value = loss.double_value(&[]);
         if comm.size() > 1 {
-            // The step's gradient, loss and metrics over every rank's prompts.
-            opt.sum_grads(comm, inputs.share);
+            // The step's gradient and loss (the ranks' shares, summed), and
+            // its metrics (each rank's weighted by its share of the prompts).
+            opt.sum_grads(comm, 1.0);
             loss_value = sum_scalars(comm, inputs.share, loss_value, &mut metrics)
                 .with_context(|| format!("step {}", step + 1))?;
         }
@@ -209,9 +218,11 @@ pub fn train(
     Ok(progress)
 }
 
-/// `loss` and every metric, each times this rank's `share`, summed over the
-/// ranks (into `metrics`); returns the summed loss. Every rank must log the
-/// same metrics in the same order, which rank 0's list of names checks.
+/// `loss` (this rank's share of the step's loss) and every metric times this
+/// rank's `share` of the step's prompts, summed over the ranks (into
+/// `metrics`; `loss` among them is the step's loss); returns the step's loss.
+/// Every rank must log the same metrics in the same order, which rank 0's
+/// list of names checks.
 fn sum_scalars(
     comm: &dyn Comm,
     share: f64,
@@ -227,12 +238,14 @@ fn sum_scalars(
         comm.rank()
     );
     let mut values: Vec<f64> = std::iter::once(loss)
-        .chain(metrics.iter().map(|(_, v)| v))
-        .map(|v| v * share)
+        .chain(metrics.iter().map(|(_, v)| v * share))
         .collect();
     comm.sum_f64(&mut values);
     for (name, v) in names.iter().zip(&values[1..]) {
         metrics.set(name.as_str(), *v);
+    }
+    if metrics.get("loss").is_some() {
+        metrics.set("loss", values[0]); // the step's loss, not a mean of the ranks'
     }
     Ok(values[0])
 }

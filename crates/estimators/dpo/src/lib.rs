@@ -5,7 +5,7 @@
 use align_core::registry::{build_from_config, Built, ConfigDeserializer, Constructor};
 pub use align_core::Pairs;
 use align_core::{
-    pair_mask, pair_mean, DataPlan, Distribution, Estimator, GroupInputs, Metrics, Plugin,
+    pair_mask, pair_mean, DataPlan, Distribution, Estimator, GroupInputs, Means, Metrics, Plugin,
     PluginError,
 };
 use serde::{Deserialize, Serialize};
@@ -95,6 +95,13 @@ impl Estimator for Dpo {
 
     fn loss(&self, inputs: &GroupInputs) -> (Tensor, Metrics) {
         dpo_group_loss(inputs, &self.0)
+    }
+
+    /// One mean over the step's valid pairs (the `pairs` metric).
+    fn loss_means(&self, inputs: &GroupInputs) -> (Means, Metrics) {
+        let (loss, m) = self.loss(inputs);
+        let pairs = m.get("pairs").expect("the loss counts its pairs");
+        (Means::new().add(loss, pairs), m)
     }
 }
 

@@ -5,7 +5,7 @@
 
 use align_core::registry::{build_from_config, Built, ConfigDeserializer, Constructor};
 use align_core::{
-    pair_mean, DataPlan, Distribution, Estimator, GroupInputs, Metrics, Plugin, PluginError,
+    pair_mean, DataPlan, Distribution, Estimator, GroupInputs, Means, Metrics, Plugin, PluginError,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -182,6 +182,13 @@ impl Estimator for Rso {
 
     fn loss(&self, inputs: &GroupInputs) -> (Tensor, Metrics) {
         rso_loss(inputs, &self.0)
+    }
+
+    /// One mean over the step's valid pairs (the `pairs` metric).
+    fn loss_means(&self, inputs: &GroupInputs) -> (Means, Metrics) {
+        let (loss, m) = self.loss(inputs);
+        let pairs = m.get("pairs").expect("the loss counts its pairs");
+        (Means::new().add(loss, pairs), m)
     }
 }
 

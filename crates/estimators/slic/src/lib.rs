@@ -5,8 +5,8 @@
 
 use align_core::registry::{build_from_config, Built, ConfigDeserializer, Constructor};
 use align_core::{
-    pair_mask, pair_mean, DataPlan, Distribution, Estimator, GroupInputs, Metrics, Pairs, Plugin,
-    PluginError,
+    pair_mask, pair_mean, DataPlan, Distribution, Estimator, GroupInputs, Means, Metrics, Pairs,
+    Plugin, PluginError,
 };
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
@@ -41,6 +41,13 @@ pub struct Slic(pub SlicConfig);
 
 /// SLiC-HF loss over `[P, m]` groups with `reference_policy_logp` `[P]`.
 pub fn slic_loss(inputs: &GroupInputs, config: &SlicConfig) -> (Tensor, Metrics) {
+    let (means, m) = slic_means(inputs, config);
+    (means.total(), m)
+}
+
+/// [`slic_loss`] as its two means: the calibration hinge over the valid
+/// pairs, and `λ ·` the reference NLL over the prompts.
+pub fn slic_means(inputs: &GroupInputs, config: &SlicConfig) -> (Means, Metrics) {
     let kind = inputs.policy_logp.kind();
     let lp = &inputs.policy_logp; // [P, m]
     let valid = pair_mask(&inputs.reward.to_kind(kind), config.pairs); // [P, m, m]
@@ -51,13 +58,19 @@ pub fn slic_loss(inputs: &GroupInputs, config: &SlicConfig) -> (Tensor, Metrics)
         .as_ref()
         .expect("the batcher fills reference_policy_logp: the plan asks for it");
     let regulariser = -reference.to_kind(kind).mean(kind);
-    let loss = &calibration + &regulariser * config.lambda;
+    let weighted = &regulariser * config.lambda;
+    let loss = &calibration + &weighted;
+    let pairs = valid.sum(Kind::Double).double_value(&[]);
     let mut m = Metrics::new();
     m.set("loss", loss.double_value(&[]));
     m.set("calibration", calibration.double_value(&[]));
     m.set("reference_nll", regulariser.double_value(&[]));
-    m.set("pairs", valid.sum(Kind::Double).double_value(&[]));
-    (loss, m)
+    m.set("pairs", pairs);
+    let prompts = reference.size()[0] as f64;
+    (
+        Means::new().add(calibration, pairs).add(weighted, prompts),
+        m,
+    )
 }
 
 impl Estimator for Slic {
@@ -67,6 +80,10 @@ impl Estimator for Slic {
 
     fn loss(&self, inputs: &GroupInputs) -> (Tensor, Metrics) {
         slic_loss(inputs, &self.0)
+    }
+
+    fn loss_means(&self, inputs: &GroupInputs) -> (Means, Metrics) {
+        slic_means(inputs, &self.0)
     }
 }
 
