@@ -311,3 +311,61 @@ fn a_lora_run_with_dropout_resumes_bit_for_bit() {
         assert!(a == b, "{file} differs after the resume");
     }
 }
+
+/// `gradient_checkpointing = true` through the runner, with full
+/// fine-tuning and with LoRA adapters that drop out: the trained weights
+/// of every run are those of the same manifest without it (the layers are
+/// recomputed after `loss.backward()`, the gradients are the same).
+#[test]
+fn gradient_checkpointing_trains_as_without_it() {
+    if !data_present() {
+        eprintln!("SKIPPED: sentiment data not found; run `cargo xtask setup`");
+        return;
+    }
+    scratch_cache();
+    let dropout_lora = r#"lora = { rank = 4, alpha = 16.0, dropout = 0.2, targets = ["q_proj", "v_proj", "up_proj"] }"#;
+    for model in ["", dropout_lora] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut trained = Vec::new();
+        for on in [false, true] {
+            let sub = dir.path().join(format!("checkpointing-{on}"));
+            std::fs::create_dir_all(&sub).unwrap();
+            let path = manifest(&sub, &format!("{model}\ngradient_checkpointing = {on}"));
+            let m = Manifest::load(
+                &path,
+                &[
+                    "device=cpu".into(),
+                    "train.steps=3".into(),
+                    "train.lr=0.05".into(),
+                ],
+            )
+            .unwrap();
+            let out = sub.join("out");
+            runner::run(&m, &out, false).unwrap();
+            trained.push(out);
+        }
+        let weights = |out: &Path, run: &str| {
+            tensors(
+                &out.join("checkpoints")
+                    .join(run)
+                    .join("seed-3/model.safetensors"),
+            )
+        };
+        // Training moved the weights: two estimators from one prior end apart.
+        let (brain, dpo) = (weights(&trained[0], "brain"), weights(&trained[0], "dpo"));
+        let apart = brain
+            .iter()
+            .map(|(k, t)| (t - &dpo[k]).abs().max().double_value(&[]))
+            .fold(0.0, f64::max);
+        assert!(apart > 1e-4, "BRAIn and DPO {apart:e} apart ({model:?})");
+        for run in ["brain", "dpo"] {
+            let (a, b) = (weights(&trained[0], run), weights(&trained[1], run));
+            assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+            let gap = a
+                .iter()
+                .map(|(k, t)| (t - &b[k]).abs().max().double_value(&[]))
+                .fold(0.0, f64::max);
+            assert!(gap <= 1e-5, "{run} ({model:?}): weights {gap:e} apart");
+        }
+    }
+}

@@ -11,6 +11,10 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
+#[path = "common/results.rs"]
+mod results;
+use results::{assert_same_results, results};
+
 const EXACT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../experiments/exact.toml");
 
 /// Three runs (one with proposal refreshes every 20 steps) at two seeds, 60
@@ -48,113 +52,6 @@ fn run_ok(args: &[String], out: &Path) -> Output {
     let o = runner(&args, out, None);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     o
-}
-
-/// Every result file under `dir` (checkpoints, the lock and the marker
-/// aside), with the wall-clock seconds masked: the one thing two
-/// uninterrupted runs do not share either.
-fn results(dir: &Path) -> Vec<(String, String)> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
-            if rel == "checkpoints" || rel == ".lock" || rel == "run-state.json" {
-                continue;
-            }
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let bytes = std::fs::read(&p).unwrap();
-                let Ok(text) = String::from_utf8(bytes.clone()) else {
-                    // Pictures (PNG): byte for byte.
-                    files.push((rel, format!("{bytes:?}")));
-                    continue;
-                };
-                let mut text = mask_seconds_fields(&text);
-                if rel.starts_with("summary.") {
-                    text = mask_seconds_column(&text);
-                }
-                if rel == "report.html" {
-                    text = mask_seconds_cells(&text);
-                }
-                files.push((rel, text));
-            }
-        }
-    }
-    files.sort();
-    files
-}
-
-/// Replaces the value of each `"seconds":` field (runs.json, report.html) by `#`.
-fn mask_seconds_fields(text: &str) -> String {
-    let mut out = String::new();
-    let mut rest = text;
-    while let Some(at) = rest.find("\"seconds\":") {
-        let (head, tail) = rest.split_at(at + "\"seconds\":".len());
-        out.push_str(head);
-        out.push('#');
-        let end = tail.find([',', '}']).unwrap_or(tail.len());
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
-    out
-}
-
-/// Replaces the `seconds` column of summary.md|csv by `#`.
-fn mask_seconds_column(text: &str) -> String {
-    let sep = if text.starts_with('|') { '|' } else { ',' };
-    let header: Vec<&str> = text
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split(sep)
-        .map(str::trim)
-        .collect();
-    let col = header
-        .iter()
-        .position(|h| *h == "seconds")
-        .expect("a seconds column");
-    text.lines()
-        .enumerate()
-        .map(|(i, l)| {
-            let mut cells: Vec<&str> = l.split(sep).collect();
-            if i > 0 && cells.len() > col && cells[col].trim().parse::<f64>().is_ok() {
-                cells[col] = "#";
-            }
-            cells.join(&sep.to_string())
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Replaces the fifth cell (`seconds`) of each row of report.html's table.
-fn mask_seconds_cells(text: &str) -> String {
-    text.lines()
-        .map(|l| {
-            if !l.starts_with("<tr><td>") && !l.starts_with("<tr class=\"agg\"><td>") {
-                return l.to_string();
-            }
-            let mut cells: Vec<String> = l.split("</td>").map(str::to_string).collect();
-            if cells.len() > 5 {
-                let open = cells[4].rfind('>').expect("a cell") + 1;
-                cells[4].replace_range(open.., "#");
-            }
-            cells.join("</td>")
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-fn assert_same_results(a: &Path, b: &Path) {
-    let (x, y) = (results(a), results(b));
-    let names = |v: &[(String, String)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
-    assert_eq!(names(&x), names(&y));
-    assert!(x.iter().any(|(n, _)| n == "summary.md"));
-    for ((name, p), (_, q)) in x.iter().zip(&y) {
-        assert!(p == q, "{name} differs:\n{p}\n---\n{q}");
-    }
 }
 
 fn killed(o: &Output) -> bool {
@@ -198,7 +95,7 @@ fn runs_killed_anywhere_resume_to_the_uninterrupted_results() {
         if failpoint != "write:3" {
             assert!(stderr.contains("resuming at step"), "{failpoint}: {stderr}");
         }
-        assert_same_results(&straight, &out);
+        assert_same_results(&straight, &out, &["summary.md"]);
         let state = std::fs::read_to_string(out.join("run-state.json")).unwrap();
         assert!(state.contains("\"finished\""), "{state}");
     }
@@ -246,7 +143,7 @@ fn a_text_run_resumes_with_its_judged_samples() {
         stderr.contains("brain (seed 3): resuming at step 2 of 4"),
         "{stderr}"
     );
-    assert_same_results(&straight, &out);
+    assert_same_results(&straight, &out, &["summary.md"]);
     let samples = std::fs::read_to_string(out.join("samples/brain.jsonl")).unwrap();
     assert_eq!(
         samples.lines().count(),

@@ -7,6 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+#[path = "common/results.rs"]
+mod results;
+use results::assert_same_results;
+
 const EXACT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../experiments/exact.toml");
 const PROPOSAL: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -106,147 +110,17 @@ fn run_all_jobs(manifest: &str, out: &Path) -> usize {
     count
 }
 
-/// Every result file under `dir` (checkpoints, the jobs' own directories,
-/// the lock and the marker aside), with the wall-clock seconds masked.
-fn results(dir: &Path) -> Vec<(String, String)> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
-            if ["checkpoints", "jobs", ".lock", "run-state.json"].contains(&rel.as_str()) {
-                continue;
-            }
-            if p.is_dir() {
-                stack.push(p);
-                continue;
-            }
-            let bytes = std::fs::read(&p).unwrap();
-            let Ok(text) = String::from_utf8(bytes.clone()) else {
-                files.push((rel, format!("{bytes:?}")));
-                continue;
-            };
-            let mut text = mask_seconds_fields(&text);
-            if rel.starts_with("summary.") {
-                text = mask_seconds_column(&text);
-            }
-            if rel == "report.html" {
-                text = mask_seconds_cells(&text);
-            }
-            files.push((rel, text));
-        }
-    }
-    files.sort();
-    files
-}
-
-fn mask_seconds_fields(text: &str) -> String {
-    let mut out = String::new();
-    let mut rest = text;
-    while let Some(at) = rest.find("\"seconds\":") {
-        let (head, tail) = rest.split_at(at + "\"seconds\":".len());
-        out.push_str(head);
-        out.push('#');
-        let end = tail.find([',', '}']).unwrap_or(tail.len());
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
-    out
-}
-
-/// Replaces the `seconds` column of summary.md (split on `|`) or
-/// summary.csv (read as CSV: run names may hold commas) by `#`.
-fn mask_seconds_column(text: &str) -> String {
-    if !text.starts_with('|') {
-        let mut r = csv::Reader::from_reader(text.as_bytes());
-        let header = r.headers().unwrap().clone();
-        let col = header
-            .iter()
-            .position(|h| h == "seconds")
-            .expect("a seconds column");
-        let mut w = csv::Writer::from_writer(Vec::new());
-        w.write_record(&header).unwrap();
-        for rec in r.records() {
-            let rec = rec.unwrap();
-            w.write_record(
-                rec.iter()
-                    .enumerate()
-                    .map(|(i, c)| if i == col { "#" } else { c }),
-            )
-            .unwrap();
-        }
-        return String::from_utf8(w.into_inner().unwrap()).unwrap();
-    }
-    let header: Vec<&str> = text
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split('|')
-        .map(str::trim)
-        .collect();
-    let col = header
-        .iter()
-        .position(|h| *h == "seconds")
-        .expect("a seconds column");
-    text.lines()
-        .enumerate()
-        .map(|(i, l)| {
-            let mut cells: Vec<&str> = l.split('|').collect();
-            if i > 1 && cells.len() > col {
-                cells[col] = "#";
-            }
-            cells.join("|")
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-fn mask_seconds_cells(text: &str) -> String {
-    text.lines()
-        .map(|l| {
-            if !l.starts_with("<tr><td>") && !l.starts_with("<tr class=\"agg\"><td>") {
-                return l.to_string();
-            }
-            let mut cells: Vec<String> = l.split("</td>").map(str::to_string).collect();
-            if cells.len() > 5 {
-                let open = cells[4].rfind('>').expect("a cell") + 1;
-                cells[4].replace_range(open.., "#");
-            }
-            cells.join("</td>")
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-fn assert_same_results(direct: &Path, merged: &Path) {
-    let (x, y) = (results(direct), results(merged));
-    let names = |v: &[(String, String)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
-    assert_eq!(names(&x), names(&y));
-    for must in [
-        "summary.md",
-        "summary.csv",
-        "runs.json",
-        "manifest.resolved.toml",
-        "report.html",
-    ] {
-        assert!(
-            x.iter().any(|(n, _)| n == must),
-            "no {must}: {:?}",
-            names(&x)
-        );
-    }
-    for dir in ["steps/", "samples/", "plots/"] {
-        assert!(
-            x.iter().any(|(n, _)| n.starts_with(dir)),
-            "no {dir}: {:?}",
-            names(&x)
-        );
-    }
-    for ((name, p), (_, q)) in x.iter().zip(&y) {
-        assert!(p == q, "{name} differs:\n{p}\n---\n{q}");
-    }
-}
+/// What a merged sweep and the single manifest must both have written.
+const MUST: &[&str] = &[
+    "summary.md",
+    "summary.csv",
+    "runs.json",
+    "manifest.resolved.toml",
+    "report.html",
+    "steps/",
+    "samples/",
+    "plots/",
+];
 
 fn direct_run(manifest: &str, out: &Path) {
     ok(&runner(&strs(&with(manifest, out, &[]))));
@@ -264,7 +138,7 @@ fn the_exact_manifest_as_jobs_merges_to_its_own_tables() {
     // 3 runs × 2 seeds.
     assert_eq!(run_all_jobs(EXACT, &sweep), 6);
     ok(&tables(&sweep));
-    assert_same_results(&direct, &sweep);
+    assert_same_results(&direct, &sweep, MUST);
     let summary = std::fs::read_to_string(sweep.join("summary.md")).unwrap();
     for run in [
         "BRAIn",
@@ -291,13 +165,13 @@ fn the_exact_manifest_as_jobs_merges_to_its_own_tables() {
     assert_eq!(walk(&job), before);
     // Merging again gives the same tables.
     ok(&tables(&sweep));
-    assert_same_results(&direct, &sweep);
+    assert_same_results(&direct, &sweep, MUST);
 
     // `runner tables` over a folder holding the sweep merges it too.
     let parent = tmp.path();
     std::fs::remove_file(sweep.join("runs.json")).unwrap();
     ok(&tables(parent));
-    assert_same_results(&direct, &sweep);
+    assert_same_results(&direct, &sweep, MUST);
 
     // Another sweep (another learning rate) in the same directory: its job
     // refuses this one's finished job, …
@@ -336,7 +210,7 @@ fn the_proposal_ablation_as_jobs_merges_to_its_own_tables() {
     direct_run(PROPOSAL, &direct);
     assert_eq!(run_all_jobs(PROPOSAL, &sweep), 8);
     ok(&tables(&sweep));
-    assert_same_results(&direct, &sweep);
+    assert_same_results(&direct, &sweep, MUST);
 }
 
 fn walk(dir: &Path) -> Vec<(PathBuf, std::time::SystemTime)> {
@@ -438,7 +312,7 @@ fn a_grid_as_jobs_merges_to_the_tables_of_its_runs_written_out() {
 
     assert_eq!(run_all_jobs(&grid, &sweep), 16);
     ok(&tables(&sweep));
-    assert_same_results(&direct, &sweep);
+    assert_same_results(&direct, &sweep, MUST);
 }
 
 /// The line of `needle` in the grid manifest (1-based).
