@@ -21,6 +21,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use align_distributed::{shard, Comm, Single};
+use anyhow::Context;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -61,6 +62,8 @@ pub struct BatchContext<'a> {
     pub prompts_per_step: Option<usize>,
     /// Draws from the prior shared with the manifest's other runs.
     pub shared: Option<&'a SampleCache>,
+    /// Where samples are drawn when not in this process (`[sampler.NAME]`).
+    pub sampler: Option<&'a dyn crate::SamplerBackend>,
 }
 
 /// One step's inputs to the loss.
@@ -155,6 +158,13 @@ impl<'a> Batcher<'a> {
              (raise train.prompts_per_step or start fewer ranks)",
             comm.size()
         );
+        // A server sampler's requests are seeded by their place in the call,
+        // so a rank's share of a call would not be the single process's rows.
+        anyhow::ensure!(
+            comm.size() == 1 || self.ctx.sampler.is_none(),
+            "sampling on servers (`[sampler]`) is not supported under mpiexec yet: \
+             run one process (the sampler spreads the prompts over the servers)"
+        );
         self.comm = comm;
         Ok(self)
     }
@@ -195,8 +205,18 @@ impl<'a> Batcher<'a> {
     }
 
     /// Samples from `proposal` from now on (a frozen copy of the policy).
-    pub fn set_proposal(&mut self, proposal: Box<dyn Policy>) {
+    /// The proposal is now `proposal` (refreshed at step `version`, or
+    /// restored from a checkpoint): a sampler backend serves it from now on.
+    pub fn set_proposal(&mut self, proposal: Box<dyn Policy>, version: u64) -> anyhow::Result<()> {
+        if let Some(backend) = self.ctx.sampler {
+            backend
+                .refresh(proposal.as_ref(), version)
+                .with_context(|| {
+                    format!("the sampler ({}) loading the proposal", backend.describe())
+                })?;
+        }
         self.proposal = Some(proposal);
+        Ok(())
     }
 
     /// The latest proposal, when it is no longer the prior.
@@ -427,7 +447,7 @@ impl<'a> Batcher<'a> {
             } => {
                 let draw = || -> anyhow::Result<(SampleBatch, Tensor)> {
                     let config = sampling.as_ref();
-                    let mut batch = self.draw(*from, *count, config, prompts, seed, part);
+                    let mut batch = self.draw(*from, *count, config, prompts, seed, part)?;
                     let reward = self.score(&mut batch)?;
                     Ok((batch, reward))
                 };
@@ -480,34 +500,35 @@ impl<'a> Batcher<'a> {
         prompts: &[Prompt],
         seed: u64,
         part: Part,
-    ) -> SampleBatch {
+    ) -> anyhow::Result<SampleBatch> {
         let config = sampling.unwrap_or(self.ctx.sampling);
         let task = self.ctx.task;
-        let draw = |policy: &dyn Policy, count: i64, seed: u64| {
+        let (max_new, eos) = (task.max_new_tokens(), task.eos_token());
+        let draw = |policy: &dyn Policy, from_prior: bool, count: i64, seed: u64| {
             crate::failpoint::hit("sample");
-            sample_part(
-                policy,
-                prompts,
-                count,
-                task.max_new_tokens(),
-                task.eos_token(),
-                config,
-                seed,
-                part,
-            )
+            match self.ctx.sampler {
+                Some(backend) => backend
+                    .sample(
+                        policy, from_prior, prompts, count, max_new, eos, config, seed,
+                    )
+                    .with_context(|| format!("sampling on {}", backend.describe())),
+                None => Ok(sample_part(
+                    policy, prompts, count, max_new, eos, config, seed, part,
+                )),
+            }
         };
         let prior = self.ctx.prior;
-        match (from, self.proposal.as_deref()) {
+        Ok(match (from, self.proposal.as_deref()) {
             // The cases `draws_prior` names.
-            (Distribution::Prior, _) | (_, None) => draw(prior, count, seed),
-            (Distribution::Proposal, Some(q)) => draw(q, count, seed),
+            (Distribution::Prior, _) | (_, None) => draw(prior, true, count, seed)?,
+            (Distribution::Proposal, Some(q)) => draw(q, false, count, seed)?,
             (Distribution::Mixture { prior_fraction: f }, Some(q)) => {
                 let from_prior = (f * count as f64).round() as i64;
                 if from_prior == 0 {
-                    return draw(q, count, seed);
+                    return draw(q, false, count, seed);
                 }
-                let a = draw(prior, from_prior, seed);
-                let b = draw(q, count - from_prior, seed ^ 0x9E37_79B9);
+                let a = draw(prior, true, from_prior, seed)?;
+                let b = draw(q, false, count - from_prior, seed ^ 0x9E37_79B9)?;
                 let counts = [from_prior, count - from_prior];
                 let mut batch = group_by_prompt(vec![a, b], &counts, prompts.len() as i64);
                 let _guard = tch::no_grad_guard();
@@ -517,7 +538,7 @@ impl<'a> Batcher<'a> {
                     Tensor::stack(&[log_prior, log_q], 0).logsumexp([0].as_slice(), false);
                 batch
             }
-        }
+        })
     }
 
     /// Whether a draw from `from` is a draw from the prior: asked for, or
@@ -797,6 +818,7 @@ mod tests {
             seed: 3,
             prompts_per_step,
             shared: None,
+            sampler: None,
         };
         let mut draws = Batcher::new(ctx(None), DataPlan::sample(Distribution::Prior, 4)).unwrap();
         let before = prior.forwards();
@@ -876,6 +898,7 @@ mod tests {
             seed: 11,
             prompts_per_step: per_step,
             shared: None,
+            sampler: None,
         };
         let mut b = Batcher::new(ctx, plan.clone()).unwrap();
         if let Some(comm) = comm {
@@ -965,6 +988,7 @@ mod tests {
             seed: 11,
             prompts_per_step: Some(1),
             shared: None,
+            sampler: None,
         };
         let comms = align_distributed::local::group(2);
         let b = Batcher::new(ctx, DataPlan::sample(Distribution::Prior, 2)).unwrap();

@@ -36,6 +36,7 @@ plugin_object!(dyn RewardSpec, Reward);
 plugin_object!(dyn GoodnessModel, Goodness);
 plugin_object!(dyn Estimator, Estimator);
 plugin_object!(dyn Evaluator, Evaluator);
+plugin_object!(dyn crate::SamplerBackend, Sampler);
 
 /// Why [`build_plugin`] failed.
 #[derive(Debug, thiserror::Error)]

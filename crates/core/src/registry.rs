@@ -37,16 +37,18 @@ pub enum PluginKind {
     Goodness,
     Estimator,
     Evaluator,
+    Sampler,
 }
 
 impl PluginKind {
-    pub const ALL: [PluginKind; 6] = [
+    pub const ALL: [PluginKind; 7] = [
         PluginKind::Task,
         PluginKind::Model,
         PluginKind::Reward,
         PluginKind::Goodness,
         PluginKind::Estimator,
         PluginKind::Evaluator,
+        PluginKind::Sampler,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -57,6 +59,7 @@ impl PluginKind {
             PluginKind::Goodness => "goodness",
             PluginKind::Estimator => "estimator",
             PluginKind::Evaluator => "evaluator",
+            PluginKind::Sampler => "sampler",
         }
     }
 }
@@ -103,6 +106,7 @@ pub enum Constructor {
     Goodness(Ctor<dyn GoodnessModel>),
     Estimator(Ctor<dyn Estimator>),
     Evaluator(Ctor<dyn Evaluator>),
+    Sampler(Ctor<dyn crate::SamplerBackend>),
 }
 
 impl Constructor {
@@ -114,6 +118,7 @@ impl Constructor {
             Constructor::Goodness(_) => PluginKind::Goodness,
             Constructor::Estimator(_) => PluginKind::Estimator,
             Constructor::Evaluator(_) => PluginKind::Evaluator,
+            Constructor::Sampler(_) => PluginKind::Sampler,
         }
     }
 }

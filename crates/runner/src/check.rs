@@ -64,6 +64,14 @@ pub fn check(manifest: &Manifest, stage_lines: &[String]) -> anyhow::Result<Stri
         manifest.reward.plugin,
         manifest.goodness.plugin
     )?;
+    if let Some(s) = &manifest.sampler {
+        writeln!(
+            w,
+            "  training samples drawn on {} (`[sampler.{}]`; held-out samples in process)",
+            s.value.describe(),
+            s.plugin
+        )?;
+    }
     let seeds = manifest.seeds.len();
     let per_step_prompts = manifest
         .train

@@ -30,7 +30,10 @@ pub fn cache(
         SampleCacheMode::Disk => true,
         SampleCacheMode::Auto => text_task,
     };
-    if !disk {
+    // Servers' draws are shared by the runs in memory, never kept on disk:
+    // what a server draws for a seed is the server's affair, not a function
+    // of the key and fingerprint.
+    if !disk || manifest.sampler.is_some() {
         return Ok(Some(SampleCache::new()));
     }
     let fingerprint = fingerprint(manifest, prior, device).context("fingerprinting the prior")?;

@@ -116,20 +116,21 @@ pub fn train(
         seed: s.seed,
         prompts_per_step: train.prompts_per_step,
         shared: s.samples,
+        sampler: s.manifest.sampler.as_ref().map(|slot| slot.value.as_ref()),
     };
     let mut batcher = Batcher::new(context, estimator.plan())
         .and_then(|b| b.distributed(comm))
         .with_context(|| format!("estimator `{}`", s.run.estimator.plugin))?;
     batcher.skip(progress.step);
     if let Some(q) = progress.proposal.take() {
-        batcher.set_proposal(q);
+        batcher.set_proposal(q, progress.step as u64)?;
     }
     let bar = align_core::progress::bar(show_progress, s.run.steps as u64, &s.run.name, "steps");
     bar.inc(progress.step as u64);
     for step in progress.step..s.run.steps {
         if batcher.plan().refreshes_at(step) {
             let model = s.manifest.model.value.as_ref();
-            batcher.set_proposal(frozen_copy(model, s.model_ctx, policy)?);
+            batcher.set_proposal(frozen_copy(model, s.model_ctx, policy)?, step as u64)?;
         }
         let inputs = batcher.next(step, policy)?;
         let (loss, mut metrics) = if comm.size() > 1 {

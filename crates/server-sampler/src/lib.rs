@@ -84,6 +84,7 @@
 
 pub mod client;
 pub mod config;
+mod plugin;
 pub mod protocol;
 
 use std::collections::{HashMap, VecDeque};

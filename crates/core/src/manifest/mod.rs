@@ -169,6 +169,9 @@ pub struct Manifest {
     pub stages: Stages,
     pub train: TrainConfig,
     pub sampling: SamplingConfig,
+    /// Where samples are drawn when not in this process (`[sampler.NAME]`:
+    /// inference servers); `None`: in process.
+    pub sampler: Option<Slot<dyn crate::SamplerBackend>>,
     pub runs: Vec<Run>,
 }
 
@@ -240,6 +243,8 @@ struct Shape {
     train: TrainConfig,
     #[serde(default)]
     sampling: SamplingConfig,
+    #[serde(default)]
+    sampler: Option<PluginName>,
     runs: Vec<RunShape>,
 }
 
@@ -397,6 +402,10 @@ impl Manifest {
         let reward = src.slot(registry, "reward")?;
         let goodness = src.slot(registry, "goodness")?;
         let evaluators = src.slots(registry, "evaluators")?;
+        let sampler = match shape.sampler {
+            Some(_) => Some(src.slot(registry, "sampler")?),
+            None => None,
+        };
         let mut runs = Vec::new();
         for (i, r) in shape.runs.iter().enumerate() {
             let estimator = src.slot(registry, &format!("runs.{i}.estimator"))?;
@@ -426,6 +435,7 @@ impl Manifest {
             stages: shape.stages,
             train: shape.train,
             sampling: shape.sampling,
+            sampler,
             runs,
         })
     }
@@ -486,6 +496,8 @@ impl Manifest {
             stages: &'a Stages,
             train: &'a TrainConfig,
             sampling: &'a SamplingConfig,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            sampler: Option<&'a Slot<dyn crate::SamplerBackend>>,
             runs: Vec<RunOut<'a>>,
         }
         let out = Out {
@@ -509,6 +521,7 @@ impl Manifest {
             stages: &self.stages,
             train: &self.train,
             sampling: &self.sampling,
+            sampler: self.sampler.as_ref(),
             runs: self
                 .runs
                 .iter()

@@ -1,0 +1,36 @@
+//! Where a run's samples are drawn when not in this process: a `[sampler.NAME]`
+//! plugin (inference servers). Without one, the batcher draws with
+//! [`crate::sampling::sample_part`].
+
+use crate::sampling::{SampleBatch, SamplingConfig};
+use crate::task::Prompt;
+use crate::Policy;
+
+/// Draws completions elsewhere, with the log-densities of `policy` (the
+/// trainer's copy of what is sampled) recomputed exactly, as the in-process
+/// sampler records them.
+pub trait SamplerBackend: Send + Sync {
+    /// `n` completions per prompt (up to `max_new_tokens`, stopping at
+    /// `eos`) from the prior when `from_prior`, else from the proposal (the
+    /// prior until the first [`SamplerBackend::refresh`]); `policy` is that
+    /// distribution's model here.
+    #[allow(clippy::too_many_arguments)]
+    fn sample(
+        &self,
+        policy: &dyn Policy,
+        from_prior: bool,
+        prompts: &[Prompt],
+        n: i64,
+        max_new_tokens: i64,
+        eos: Option<i64>,
+        config: &SamplingConfig,
+        seed: u64,
+    ) -> anyhow::Result<SampleBatch>;
+
+    /// The proposal is now `policy` (refresh number `version`): whatever
+    /// draws it must serve it from now on.
+    fn refresh(&self, policy: &dyn Policy, version: u64) -> anyhow::Result<()>;
+
+    /// One line for `--dry-run` and logs: where samples come from.
+    fn describe(&self) -> String;
+}
