@@ -72,13 +72,34 @@ fn a_manifest_trains_on_samples_drawn_on_a_server() {
     let m = manifest(dir.path(), &server.url);
     let resolved = m.resolved_toml();
     assert!(resolved.contains("[sampler.server]"), "{resolved}");
-    let outcome = runner::run(&m, &dir.path().join("out"), false).unwrap();
+    let out = dir.path().join("out");
+    let outcome = runner::run(&m, &out, false).unwrap();
     let names: Vec<&str> = outcome.rows.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["prior", "brain", "dpo"]);
     // Every training step's draw went to the server: 2 steps × 2 prompts,
     // shared by BRAIn and DPO (both from the prior at the same seed).
     let asked: Vec<Vec<i64>> = server.completion_prompts().into_iter().flatten().collect();
     assert_eq!(asked.len(), 2 * 2 * 2, "{asked:?}");
+    // Each step logs the servers' log-densities against the trainer's: the
+    // stand-in reports the true ones (f32 rounding apart).
+    for run in ["brain", "dpo"] {
+        let mut csv = csv::Reader::from_path(out.join("steps").join(format!("{run}.csv"))).unwrap();
+        let col = csv
+            .headers()
+            .unwrap()
+            .iter()
+            .position(|h| h == "server_logp_max_abs_diff")
+            .expect("a server_logp_max_abs_diff column");
+        let diffs: Vec<f64> = csv
+            .records()
+            .map(|r| r.unwrap()[col].parse().unwrap())
+            .collect();
+        assert_eq!(diffs.len(), 2, "{run}");
+        assert!(
+            diffs.iter().all(|d| (0.0..1e-3).contains(d)),
+            "{run}: {diffs:?}"
+        );
+    }
 }
 
 #[test]

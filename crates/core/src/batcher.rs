@@ -76,6 +76,9 @@ pub struct StepInputs {
     /// rank's means weighted by it and summed over the ranks are the
     /// step's means.
     pub share: f64,
+    /// What the sampler backend reported of this step's draws (none when
+    /// sampling in process, or when every draw was shared).
+    pub sampler_metrics: crate::Metrics,
 }
 
 pub struct Batcher<'a> {
@@ -90,6 +93,8 @@ pub struct Batcher<'a> {
     pair_prior: RefCell<HashMap<usize, (f32, f32)>>,
     /// The ranks this step's prompts are sharded over.
     comm: &'a dyn Comm,
+    /// The sampler backend's report of this step's draws.
+    sampler_metrics: RefCell<crate::Metrics>,
 }
 
 impl<'a> Batcher<'a> {
@@ -144,6 +149,7 @@ impl<'a> Batcher<'a> {
             proposal: None,
             pair_prior: RefCell::new(HashMap::new()),
             comm: &Single,
+            sampler_metrics: RefCell::default(),
         })
     }
 
@@ -405,6 +411,7 @@ impl<'a> Batcher<'a> {
             groups,
             reward_mean,
             share: p as f64 / part.total as f64,
+            sampler_metrics: self.sampler_metrics.take(),
         })
     }
 
@@ -507,11 +514,15 @@ impl<'a> Batcher<'a> {
         let draw = |policy: &dyn Policy, from_prior: bool, count: i64, seed: u64| {
             crate::failpoint::hit("sample");
             match self.ctx.sampler {
-                Some(backend) => backend
-                    .sample(
-                        policy, from_prior, prompts, count, max_new, eos, config, seed,
-                    )
-                    .with_context(|| format!("sampling on {}", backend.describe())),
+                Some(backend) => {
+                    let batch = backend
+                        .sample(
+                            policy, from_prior, prompts, count, max_new, eos, config, seed,
+                        )
+                        .with_context(|| format!("sampling on {}", backend.describe()))?;
+                    self.sampler_metrics.borrow_mut().extend(&backend.metrics());
+                    Ok(batch)
+                }
                 None => Ok(sample_part(
                     policy, prompts, count, max_new, eos, config, seed, part,
                 )),

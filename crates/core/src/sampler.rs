@@ -33,4 +33,11 @@ pub trait SamplerBackend: Send + Sync {
 
     /// One line for `--dry-run` and logs: where samples come from.
     fn describe(&self) -> String;
+
+    /// What to log of the latest draw (the servers' disagreement with the
+    /// trainer's log-densities, say): the batcher adds it to the step's
+    /// metrics.
+    fn metrics(&self) -> crate::Metrics {
+        crate::Metrics::new()
+    }
 }

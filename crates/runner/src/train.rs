@@ -149,6 +149,7 @@ pub fn train(
         policy.finish_backward();
         align_core::failpoint::hit("train-step");
         metrics.set("reward_mean", inputs.reward_mean); // over every candidate
+        metrics.extend(&inputs.sampler_metrics);
         let mut loss_value = loss.double_value(&[]);
         if comm.size() > 1 {
             // The step's gradient and loss (the ranks' shares, summed), and

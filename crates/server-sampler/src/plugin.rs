@@ -4,7 +4,9 @@
 
 use align_core::registry::{build_from_config, Built, ConfigDeserializer, Constructor};
 use align_core::task::Prompt;
-use align_core::{Plugin, PluginError, Policy, SampleBatch, SamplerBackend, SamplingConfig};
+use align_core::{
+    Metrics, Plugin, PluginError, Policy, SampleBatch, SamplerBackend, SamplingConfig,
+};
 
 use crate::config::ServerSamplerConfig;
 use crate::ServerSampler;
@@ -21,22 +23,11 @@ impl SamplerBackend for ServerSampler {
         config: &SamplingConfig,
         seed: u64,
     ) -> anyhow::Result<SampleBatch> {
-        let batch = if from_prior {
-            self.sample_prior(policy, prompts, n, max_new_tokens, eos, config, seed)?
+        if from_prior {
+            self.sample_prior(policy, prompts, n, max_new_tokens, eos, config, seed)
         } else {
-            ServerSampler::sample(self, policy, prompts, n, max_new_tokens, eos, config, seed)?
-        };
-        if let Some(r) = self.last_report() {
-            // The servers' log-densities beside the trainer's, for the log.
-            eprintln!(
-                "  sampled {} rows on {}: server vs trainer log-density, max |Δ| {:.2e}, mean {:.2e}",
-                batch.len(),
-                self.endpoints().join(", "),
-                r.max_abs_diff,
-                r.mean_abs_diff
-            );
+            ServerSampler::sample(self, policy, prompts, n, max_new_tokens, eos, config, seed)
         }
-        Ok(batch)
     }
 
     fn refresh(&self, policy: &dyn Policy, version: u64) -> anyhow::Result<()> {
@@ -45,6 +36,16 @@ impl SamplerBackend for ServerSampler {
 
     fn describe(&self) -> String {
         format!("servers {}", self.endpoints().join(", "))
+    }
+
+    /// The servers' log-densities of the latest draw against the trainer's.
+    fn metrics(&self) -> Metrics {
+        let mut m = Metrics::new();
+        if let Some(r) = self.last_report() {
+            m.set("server_logp_max_abs_diff", r.max_abs_diff);
+            m.set("server_logp_mean_abs_diff", r.mean_abs_diff);
+        }
+        m
     }
 }
 
