@@ -72,9 +72,9 @@ pub struct StepInputs {
     /// Mean reward over every candidate, before any subset (of this
     /// rank's prompts, when data parallel).
     pub reward_mean: f64,
-    /// This rank's share of the step's prompts (1 in a single process): a
-    /// rank's means weighted by it and summed over the ranks are the
-    /// step's means.
+    /// This rank's share of the step's prompts (1 in a single process): the
+    /// ranks' logged metrics, weighted by it and summed, are the step's
+    /// (the loss weighs its own means: `Estimator::loss_means`).
     pub share: f64,
     /// What the sampler backend reported of this step's draws (none when
     /// sampling in process, or when every draw was shared).

@@ -312,13 +312,12 @@ impl Optimizer {
         }
     }
 
-    /// Data parallelism: every rank's gradients scaled by its `share` of
-    /// the step (its prompts over the step's, so that the result is the
-    /// gradient of the step's mean loss), summed over the ranks through one
-    /// flat f32 buffer, into every rank's gradients, the same bits on every
-    /// rank: the finiteness check and the step that read them then agree.
-    /// A gradient that no rank has stays undefined (the step skips it).
-    pub fn sum_grads(&mut self, comm: &dyn Comm, share: f64) {
+    /// Data parallelism: every rank's gradients (of its share of the step's
+    /// loss, `Estimator::loss_means`) summed over the ranks through one flat
+    /// f32 buffer, into every rank's gradients, the same bits on every rank:
+    /// the finiteness check and the step that read them then agree. A
+    /// gradient that no rank has stays undefined (the step skips it).
+    pub fn sum_grads(&mut self, comm: &dyn Comm) {
         if comm.size() == 1 {
             return;
         }
@@ -331,7 +330,7 @@ impl Optimizer {
                 .map(|p| {
                     let g = p.value.grad();
                     if g.defined() {
-                        (g.to_kind(tch::Kind::Float) * share)
+                        g.to_kind(tch::Kind::Float)
                             .to_device(tch::Device::Cpu)
                             .view([-1])
                     } else {
@@ -612,12 +611,13 @@ mod tests {
                         let rows = if comm.rank() == 0 { 0..2 } else { 2..4 };
                         for _ in 0..5 {
                             opt.zero_grad();
-                            let mut loss = loss_of(&m, rows.clone());
+                            // Each rank's share of the step's mean: half.
+                            let mut loss = loss_of(&m, rows.clone()) * 0.5;
                             if comm.rank() == 0 {
                                 loss += extra.sum(Kind::Float) * 0.0;
                             }
                             loss.backward();
-                            opt.sum_grads(&comm, 0.5);
+                            opt.sum_grads(&comm);
                             assert!(extra.grad().defined(), "rank {}", comm.rank());
                             opt.step();
                         }

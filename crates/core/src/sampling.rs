@@ -519,29 +519,32 @@ pub fn sample_part(
 mod tests {
     use super::*;
 
+    /// A 5-token model whose next-token logits are a row of `.1` per token.
+    struct Bigram(tch::nn::VarStore, Tensor);
+
+    impl Policy for Bigram {
+        fn forward(&self, ids: &Tensor, _mask: &Tensor) -> Tensor {
+            self.1
+                .index_select(0, &ids.view([-1]))
+                .view([ids.size()[0], ids.size()[1], 5])
+        }
+        fn vocab_size(&self) -> i64 {
+            5
+        }
+        fn var_store(&self) -> &tch::nn::VarStore {
+            &self.0
+        }
+        fn var_store_mut(&mut self) -> &mut tch::nn::VarStore {
+            &mut self.0
+        }
+    }
+
     /// The density the sampler records equals the density recomputed by the
     /// log-prob kernel under the same sampling settings, and the unmodified
     /// model density equals `policy_logprobs`.
     #[test]
     fn recorded_densities_match_rescoring() {
         use crate::logprob::{policy_logprobs, sampling_logprobs};
-        struct Bigram(tch::nn::VarStore, Tensor);
-        impl Policy for Bigram {
-            fn forward(&self, ids: &Tensor, _mask: &Tensor) -> Tensor {
-                self.1
-                    .index_select(0, &ids.view([-1]))
-                    .view([ids.size()[0], ids.size()[1], 5])
-            }
-            fn vocab_size(&self) -> i64 {
-                5
-            }
-            fn var_store(&self) -> &tch::nn::VarStore {
-                &self.0
-            }
-            fn var_store_mut(&mut self) -> &mut tch::nn::VarStore {
-                &mut self.0
-            }
-        }
         tch::manual_seed(3);
         let model = Bigram(
             tch::nn::VarStore::new(Device::Cpu),
@@ -591,23 +594,6 @@ mod tests {
     /// the same completions and densities, bit for bit, as the whole call.
     #[test]
     fn parts_draw_what_the_whole_call_draws() {
-        struct Bigram(tch::nn::VarStore, Tensor);
-        impl Policy for Bigram {
-            fn forward(&self, ids: &Tensor, _mask: &Tensor) -> Tensor {
-                self.1
-                    .index_select(0, &ids.view([-1]))
-                    .view([ids.size()[0], ids.size()[1], 5])
-            }
-            fn vocab_size(&self) -> i64 {
-                5
-            }
-            fn var_store(&self) -> &tch::nn::VarStore {
-                &self.0
-            }
-            fn var_store_mut(&mut self) -> &mut tch::nn::VarStore {
-                &mut self.0
-            }
-        }
         tch::manual_seed(4);
         let model = Bigram(
             tch::nn::VarStore::new(Device::Cpu),

@@ -503,32 +503,14 @@ pub fn bench_iteration(args: &IterationArgs, out: &mut dyn Write) -> anyhow::Res
     let run = &manifest.runs[index];
     let seed = args.seed.unwrap_or(manifest.seeds[0]);
 
-    // The plugins, as `runner MANIFEST` builds them (lib.rs: run_in).
-    let device = manifest.device.resolve()?;
-    let task_spec = manifest.task.value.as_ref();
-    let model_ctx = ModelContext {
-        device,
-        vocab_size: task_spec.vocab_size(),
-        max_len: task_spec.max_len(),
-        seed: manifest.seed,
-    };
-    let mut prior = manifest
-        .model
-        .value
-        .build(&model_ctx)
-        .context("building the prior model")?;
-    prior.var_store_mut().freeze();
-    let codec = manifest
-        .model
-        .value
-        .codec()
-        .context("loading the model's tokenizer")?;
-    let task = task_spec
-        .build(&TaskContext {
-            seed: manifest.seed,
-            codec: codec.clone(),
-        })
-        .context("building the task")?;
+    // The plugins, as `runner MANIFEST` builds them.
+    let runner::Foundation {
+        model_ctx,
+        mut prior,
+        codec,
+        task,
+    } = runner::foundation(&manifest)?;
+    let device = model_ctx.device;
     if let Some(c) = &manifest.sft {
         runner::sft::sft(prior.as_mut(), task.as_ref(), c, manifest.seed, false)
             .context("the `[sft]` stage")?;

@@ -132,16 +132,20 @@ pub fn run_follower(manifest: &Manifest, out_dir: &Path) -> anyhow::Result<Outco
     run_in(manifest, out_dir, false)
 }
 
-fn run_in(manifest: &Manifest, out_dir: &Path, progress: bool) -> anyhow::Result<Outcome> {
-    // Data parallel: the other ranks read `out_dir` once rank 0 has begun it.
-    align_distributed::world().barrier();
-    let root = align_distributed::world().is_root();
-    if let Some(t) = manifest.threads {
-        tch::set_num_threads(t);
-    }
+/// What every run of a manifest starts from: the prior (frozen, before any
+/// `[sft]` stage), the model's tokenizer and the task.
+pub struct Foundation {
+    pub model_ctx: ModelContext,
+    pub prior: Box<dyn Policy>,
+    pub codec: Option<std::sync::Arc<dyn align_core::TextCodec>>,
+    pub task: Box<dyn align_core::Task>,
+}
+
+/// Builds the manifest's [`Foundation`] on its device. The model comes
+/// first: a text task tokenizes its prompts with the model's tokenizer,
+/// while a toy task tells the model its vocabulary through its spec.
+pub fn foundation(manifest: &Manifest) -> anyhow::Result<Foundation> {
     let device = manifest.device.resolve()?;
-    // The model comes first: a text task tokenizes its prompts with the model's
-    // tokenizer, while a toy task tells the model its vocabulary through its spec.
     let task_spec = manifest.task.value.as_ref();
     let model_ctx = ModelContext {
         device,
@@ -166,6 +170,28 @@ fn run_in(manifest: &Manifest, out_dir: &Path, progress: bool) -> anyhow::Result
             codec: codec.clone(),
         })
         .context("building the task")?;
+    Ok(Foundation {
+        model_ctx,
+        prior,
+        codec,
+        task,
+    })
+}
+
+fn run_in(manifest: &Manifest, out_dir: &Path, progress: bool) -> anyhow::Result<Outcome> {
+    // Data parallel: the other ranks read `out_dir` once rank 0 has begun it.
+    align_distributed::world().barrier();
+    let root = align_distributed::world().is_root();
+    if let Some(t) = manifest.threads {
+        tch::set_num_threads(t);
+    }
+    let Foundation {
+        model_ctx,
+        mut prior,
+        codec,
+        task,
+    } = foundation(manifest)?;
+    let device = model_ctx.device;
     if let Some(c) = &manifest.sft {
         let done = align_distributed::root_first(|| {
             sft::sft(prior.as_mut(), task.as_ref(), c, manifest.seed, progress)

@@ -154,7 +154,7 @@ pub fn train(
         if comm.size() > 1 {
             // The step's gradient and loss (the ranks' shares, summed), and
             // its metrics (each rank's weighted by its share of the prompts).
-            opt.sum_grads(comm, 1.0);
+            opt.sum_grads(comm);
             loss_value = sum_scalars(comm, inputs.share, loss_value, &mut metrics)
                 .with_context(|| format!("step {}", step + 1))?;
         }
