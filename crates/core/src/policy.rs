@@ -52,11 +52,21 @@ pub trait Policy: Send {
         None
     }
 
-    /// Writes what this model saves beside its variable store when a run
-    /// finishes into `dir` (a LoRA policy: its PEFT adapter directory, and
-    /// the merged model if asked for); returns the names written there.
+    /// Writes what this model saves beside its variable store (saved as
+    /// `dir/model.safetensors`) when a run finishes into `dir`; returns the
+    /// names written there. A LoRA policy: its PEFT adapter directory, and
+    /// the merged model if asked for; a fully fine-tuned HF model: its
+    /// `config.json` and tokenizer files, making `dir` an HF directory.
     fn export(&self, _dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
         Ok(Vec::new())
+    }
+
+    /// Writes the whole model (LoRA adapters merged in) into the existing
+    /// directory `dir` as an HF directory that transformers and inference
+    /// servers load: `config.json`, `model.safetensors` and the tokenizer
+    /// files. `false`: this model has no HF form (nothing written).
+    fn save_hf(&self, _dir: &std::path::Path) -> anyhow::Result<bool> {
+        Ok(false)
     }
 
     /// Completes the backward pass of the training forwards made since the

@@ -318,6 +318,25 @@ impl<M: CausalLm> Policy for CausalModel<M> {
     fn finish_backward(&self) {
         self.model.finish_backward()
     }
+
+    /// The HF files beside `model.safetensors` (the variable store's names
+    /// are HF's): `dir` becomes an HF directory.
+    fn export(&self, dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
+        match (&self.recipe, self.vs.variables().values().next()) {
+            (Some(recipe), Some(t)) => recipe.files.write(dir, t.kind()),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    fn save_hf(&self, dir: &std::path::Path) -> anyhow::Result<bool> {
+        let Some(recipe) = &self.recipe else {
+            return Ok(false);
+        };
+        let mut weights: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        weights.sort_by(|a, b| a.0.cmp(&b.0));
+        recipe.files.save(dir, &weights)?;
+        Ok(true)
+    }
 }
 
 /// KV-cache decoding over a [`CausalLm`].

@@ -14,6 +14,7 @@ use tch::{nn, Device};
 use crate::check::{self, Budget};
 use crate::common::{Activation, CausalLm, CausalModel, RopeScaling};
 use crate::error::{ModelError, Result};
+use crate::export::{Companions, HfFiles};
 use crate::gpt2::{Gpt2, Gpt2Config};
 use crate::gpt_neox::{GptNeoX, GptNeoXConfig};
 use crate::llama::{Llama, LlamaConfig};
@@ -329,25 +330,17 @@ fn declare_llama(
 }
 
 /// A Llama loaded with its weights, typed (for LoRA): its variable store,
-/// the model, its vocabulary and `config.json`.
+/// the model, its vocabulary, `config.json` and tokenizer files.
 pub struct LlamaParts {
     pub vs: nn::VarStore,
     pub model: Llama,
     pub vocab: i64,
-    pub config: serde_json::Value,
-    /// A GGUF file's rebuilt tokenizer files, when asked for.
-    pub gguf_files: Option<crate::lora::GgufFiles>,
+    pub files: HfFiles,
 }
 
 /// Loads the Llama at `path` (an HF directory or a `.gguf` file) as
 /// [`load`] does, but typed; any other architecture is refused, naming it.
-/// `keep_files` keeps a GGUF file's rebuilt tokenizer files.
-pub fn load_llama(
-    path: &Path,
-    dtype: DType,
-    device: Device,
-    keep_files: bool,
-) -> Result<LlamaParts> {
+pub fn load_llama(path: &Path, dtype: DType, device: Device) -> Result<LlamaParts> {
     let llama_only = |config_path: &Path, config: &serde_json::Value| -> Result<()> {
         match architecture(config_path, config)? {
             Architecture::Llama => Ok(()),
@@ -361,23 +354,21 @@ pub fn load_llama(
         }
     };
     let is_gguf = path.is_file() && path.extension().is_some_and(|e| e == "gguf");
-    let (config_path, config, weights, gguf_files) = if is_gguf {
+    let (config_path, config, weights, companions) = if is_gguf {
         let imported = crate::gguf::import(path)?;
-        let files = keep_files.then(|| crate::lora::GgufFiles {
-            tokenizer_json: imported
-                .tokenizer
-                .as_ref()
-                .and_then(|t| t.to_string(true).ok()),
-            tokenizer_config: imported.tokenizer_config.clone(),
-            generation_config: imported.generation_config.clone(),
-        });
+        let companions = imported.companions();
         let weights = Weights::from_tensors(path, imported.tensors);
-        (path.to_path_buf(), imported.config, weights, files)
+        (path.to_path_buf(), imported.config, weights, companions)
     } else {
         let (config_path, config) = dir_config(path)?;
         llama_only(&config_path, &config)?; // before reading the weights
         let weights = Weights::from_dir(path)?;
-        (config_path, config, weights, None)
+        (
+            config_path,
+            config,
+            weights,
+            Companions::Dir(path.to_path_buf()),
+        )
     };
     llama_only(&config_path, &config)?;
     let mut vs = nn::VarStore::new(device);
@@ -389,19 +380,23 @@ pub fn load_llama(
         vs,
         model,
         vocab: cfg.vocab_size,
-        config,
-        gguf_files,
+        files: HfFiles {
+            config,
+            companions: Some(companions),
+        },
     })
 }
 
 /// Builds a decoder-only model from a parsed `config.json` and loads `weights`
-/// into it; the parameters end up in `dtype` on `device`.
+/// into it; the parameters end up in `dtype` on `device`. `companions`: the
+/// tokenizer files an HF export of it carries.
 pub fn build_causal(
     config_path: &Path,
     config: &serde_json::Value,
     weights: &Weights,
     dtype: DType,
     device: Device,
+    companions: Option<Companions>,
 ) -> Result<(Box<dyn Policy>, Architecture)> {
     let mut vs = nn::VarStore::new(device);
     let budget = weights.budget();
@@ -414,24 +409,27 @@ pub fn build_causal(
         vocab: body.vocab_size,
         recipe: Some(std::sync::Arc::new(DecoderRecipe {
             config_path: config_path.to_path_buf(),
-            config: config.clone(),
+            files: HfFiles {
+                config: config.clone(),
+                companions,
+            },
         })),
     });
     Ok((policy, body.architecture))
 }
 
 /// The parsed `config.json` a decoder was declared from: declares the same
-/// architecture again without reading any weights.
+/// architecture again without reading any weights, and writes its HF files.
 pub struct DecoderRecipe {
     config_path: PathBuf,
-    config: serde_json::Value,
+    pub files: HfFiles,
 }
 
 impl DecoderRecipe {
     /// A model with `like`'s device and parameter kinds, its weights zero.
     pub fn declare(self: &std::sync::Arc<Self>, like: &nn::VarStore) -> Result<Box<dyn Policy>> {
         let mut vs = nn::VarStore::new(like.device());
-        let body = declare_decoder(&self.config_path, &self.config, vs.root(), true)?;
+        let body = declare_decoder(&self.config_path, &self.files.config, vs.root(), true)?;
         if let Some(kind) = like.variables().values().next().map(|t| t.kind()) {
             vs.set_kind(kind);
         }
@@ -520,7 +518,9 @@ pub fn load(path: &Path, dtype: DType, device: Device) -> Result<LanguageModel> 
     }
     let (config_path, config) = dir_config(path)?;
     let weights = Weights::from_dir(path)?;
-    let (policy, architecture) = build_causal(&config_path, &config, &weights, dtype, device)?;
+    let companions = Some(Companions::Dir(path.to_path_buf()));
+    let (policy, architecture) =
+        build_causal(&config_path, &config, &weights, dtype, device, companions)?;
     let tokenizer = if path.join("tokenizer.json").is_file() {
         Some(TextTokenizer::from_dir(path, policy.vocab_size())?)
     } else {

@@ -10,6 +10,7 @@ pub mod bert;
 pub mod check;
 pub mod common;
 pub mod error;
+pub mod export;
 pub mod gguf;
 pub mod gpt2;
 pub mod gpt_neox;

@@ -26,7 +26,7 @@
 //! loads such an adapter (ours or PEFT's) onto the base model.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use align_core::{Decoder, Policy};
@@ -36,6 +36,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 use crate::common::{linear, CausalModel, Linear};
 use crate::error::{ModelError, Result};
+use crate::export::HfFiles;
 use crate::llama::Llama;
 use crate::weights::DType;
 
@@ -353,20 +354,9 @@ fn peft_key(module: &str, which: &str) -> String {
 pub struct BaseModel {
     /// The base model's path, for `base_model_name_or_path`.
     pub name_or_path: String,
-    /// Its `config.json` (rebuilt from the metadata for a GGUF file).
-    pub config: serde_json::Value,
-    /// An HF directory's tokenizer and generation files are copied from here.
-    pub dir: Option<PathBuf>,
-    /// A GGUF file's rebuilt tokenizer (`tokenizer.json` text),
-    /// `tokenizer_config.json` and `generation_config.json` (kept only when
-    /// a merged export will need them).
-    pub gguf_files: Option<GgufFiles>,
-}
-
-pub struct GgufFiles {
-    pub tokenizer_json: Option<String>,
-    pub tokenizer_config: serde_json::Value,
-    pub generation_config: serde_json::Value,
+    /// Its `config.json` (rebuilt from the metadata for a GGUF file) and
+    /// tokenizer files.
+    pub files: HfFiles,
 }
 
 struct Shared {
@@ -419,7 +409,7 @@ impl LoraModel {
 
     /// The base model's `config.json`.
     pub fn base_config(&self) -> &serde_json::Value {
-        &self.shared.base.config
+        &self.shared.base.files.config
     }
 
     /// Every adapter by its module path, in layer order.
@@ -574,41 +564,11 @@ impl LoraModel {
             .collect()
     }
 
-    /// Writes an HF directory of the merged model: `config.json` (the
-    /// base's), `model.safetensors` and the base's tokenizer files.
+    /// Writes an HF directory of the merged model into `dir`: `config.json`
+    /// (the base's), `model.safetensors` and the base's tokenizer files.
     pub fn save_merged(&self, dir: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)?;
-        let base = &self.shared.base;
-        Tensor::write_safetensors(&self.merged_weights(), dir.join("model.safetensors"))?;
-        let json = |v: &serde_json::Value| serde_json::to_string_pretty(v).map(|t| t + "\n");
-        std::fs::write(dir.join("config.json"), json(&base.config)?)?;
-        if let Some(src) = &base.dir {
-            for name in [
-                "tokenizer.json",
-                "tokenizer_config.json",
-                "special_tokens_map.json",
-                "generation_config.json",
-                "chat_template.jinja",
-            ] {
-                if src.join(name).is_file() {
-                    std::fs::copy(src.join(name), dir.join(name))?;
-                }
-            }
-        }
-        if let Some(g) = &base.gguf_files {
-            std::fs::write(
-                dir.join("generation_config.json"),
-                json(&g.generation_config)?,
-            )?;
-            if let Some(tok) = &g.tokenizer_json {
-                std::fs::write(dir.join("tokenizer.json"), tok)?;
-                std::fs::write(
-                    dir.join("tokenizer_config.json"),
-                    json(&g.tokenizer_config)?,
-                )?;
-            }
-        }
-        Ok(())
+        self.shared.base.files.save(dir, &self.merged_weights())
     }
 }
 
@@ -656,10 +616,18 @@ impl Policy for LoraModel {
     }
 
     /// With `lora`: `adapter/` (PEFT's two files), and `merged/` (an HF
-    /// directory) when `merge = true`.
+    /// directory) when `merge = true`. Without: the HF files beside the
+    /// variable store's `model.safetensors`, whose names are HF's, so that
+    /// `dir` is an HF directory; or, when a loaded adapter trained with the
+    /// weights (its tensors are under PEFT's names there), `merged/`.
     fn export(&self, dir: &Path) -> anyhow::Result<Vec<String>> {
         let Some(lora) = self.lora() else {
-            return Ok(Vec::new());
+            if self.adapters().is_empty() {
+                let kind = self.inner.model.base_weights()[0].1.kind();
+                return self.shared.base.files.write(dir, kind);
+            }
+            self.save_merged(&dir.join("merged"))?;
+            return Ok(vec!["merged".into()]);
         };
         if self.adapters().is_empty() {
             return Ok(Vec::new()); // the prior: no adapters
@@ -671,6 +639,11 @@ impl Policy for LoraModel {
             wrote.push("merged".into());
         }
         Ok(wrote)
+    }
+
+    fn save_hf(&self, dir: &Path) -> anyhow::Result<bool> {
+        self.save_merged(dir)?;
+        Ok(true)
     }
 }
 
@@ -891,8 +864,7 @@ pub fn build(
     adapter: Option<&Path>,
     seed: u64,
 ) -> Result<LoraModel> {
-    let keep_files = lora.is_some_and(|l| l.merge);
-    let parts = crate::hf::load_llama(path, dtype, device, keep_files)?;
+    let parts = crate::hf::load_llama(path, dtype, device)?;
     let (vs, mut model) = (parts.vs, parts.model);
     if let Some(dir) = adapter {
         let kind = dtype.kind();
@@ -931,9 +903,7 @@ pub fn build(
     }
     let base = BaseModel {
         name_or_path: path.display().to_string(),
-        config: parts.config,
-        dir: path.is_dir().then(|| path.to_path_buf()),
-        gguf_files: parts.gguf_files,
+        files: parts.files,
     };
     Ok(LoraModel::new(
         vs,

@@ -67,8 +67,14 @@ fn exercise_gguf(bytes: Vec<u8>) {
             .map(|(n, t)| (n.clone(), t.shallow_clone()))
             .collect(),
     );
-    let Ok((policy, _)) = build_causal(path, &imported.config, &weights, DType::F32, Device::Cpu)
-    else {
+    let Ok((policy, _)) = build_causal(
+        path,
+        &imported.config,
+        &weights,
+        DType::F32,
+        Device::Cpu,
+        None,
+    ) else {
         return;
     };
     // A model that loaded runs.
@@ -374,7 +380,7 @@ proptest! {
             config[key] = value;
         }
         let weights = Weights::from_dir(&dir).unwrap();
-        if let Ok((policy, _)) = build_causal(&path, &config, &weights, DType::F32, Device::Cpu) {
+        if let Ok((policy, _)) = build_causal(&path, &config, &weights, DType::F32, Device::Cpu, None) {
             let ids = Tensor::zeros([1, 3], (Kind::Int64, Device::Cpu));
             let logits = tch::no_grad(|| policy.forward(&ids, &ids.ones_like()));
             prop_assert_eq!(logits.size(), vec![1, 3, policy.vocab_size()]);
@@ -490,7 +496,8 @@ fn the_base_files_are_valid() {
         &imported.config,
         &weights,
         DType::F32,
-        Device::Cpu
+        Device::Cpu,
+        None
     )
     .is_ok());
     let (st, _) = base_safetensors();

@@ -53,12 +53,13 @@ pub enum Reload {
     /// `--enable-lora`): `POST /v1/load_lora_adapter` with the exported PEFT
     /// adapter, served under a new name per refresh.
     VllmLora,
-    /// SGLang: `POST /update_weights_from_disk` with the exported merged HF
-    /// directory (the policy needs `lora = { merge = true, … }`, or full weights).
+    /// SGLang: `POST /update_weights_from_disk` with the exported HF
+    /// directory of the whole model (LoRA adapters merged into it).
     SglangUpdateWeights,
     /// Something outside the trainer (a script, an operator) restarts or
-    /// reloads the servers on the exported directory and serves it as
-    /// `proposal_model`; the sampler only exports and then asks for that name.
+    /// reloads the servers on the exported HF directory of the whole model
+    /// and serves it as `proposal_model`; the sampler only exports and then
+    /// asks for that name.
     External,
 }
 
@@ -69,8 +70,10 @@ pub struct ProposalConfig {
     /// The name the refreshed proposal is served under (the request's
     /// `model`); with `vllm-lora` each refresh is `<proposal_model>-<version>`.
     pub proposal_model: String,
-    /// Where the trainer writes each refresh, `<export_dir>/<proposal_model>-<version>/`
-    /// (`adapter/` and, with LoRA merging, `merged/`).
+    /// Where the trainer writes each refresh, `<export_dir>/<proposal_model>-<version>/`:
+    /// the PEFT adapter in `adapter/` there for `vllm-lora`, else the whole
+    /// model as an HF directory (`config.json`, `model.safetensors`,
+    /// tokenizer files). Each appears only once complete.
     pub export_dir: PathBuf,
     /// The same directory as the servers see it (a shared file system mounted
     /// elsewhere); default: `export_dir`.

@@ -808,23 +808,43 @@ impl ServerSampler {
         )?;
         let name = format!("{}-{version}", p.proposal_model);
         let dir = p.export_dir.join(&name);
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("`proposal.export_dir`: creating {}", dir.display()))?;
-        let wrote = policy
-            .export(&dir)
-            .with_context(|| format!("exporting the proposal to {}", dir.display()))?;
+        std::fs::create_dir_all(&p.export_dir).with_context(|| {
+            format!("`proposal.export_dir`: creating {}", p.export_dir.display())
+        })?;
         let seen_at = match &p.server_export_dir {
             Some(d) => format!("{}/{name}", d.trim_end_matches('/')),
             None => dir.display().to_string(),
         };
-        let need = |sub: &str, how: &str| -> anyhow::Result<String> {
-            anyhow::ensure!(
-                wrote.iter().any(|w| w == sub),
-                "`proposal.reload`: the policy exported {:?} to {}, not `{sub}/`; {how}",
-                wrote,
-                dir.display()
-            );
-            Ok(format!("{seen_at}/{sub}"))
+        // The servers read the directory whole or not at all: it appears
+        // only once written (a refresh redone on resume replaces it).
+        let path = match p.reload {
+            Reload::VllmLora => {
+                align_core::io::write_dir_atomic(&dir, |tmp| {
+                    let wrote = policy.export(tmp)?;
+                    anyhow::ensure!(
+                        wrote.iter().any(|w| w == "adapter"),
+                        "`proposal.reload = \"vllm-lora\"` loads a LoRA adapter, and this \
+                         policy has none (it exports {wrote:?}): train with `[model.hf] lora = \
+                         {{ … }}`, or use `sglang-update-weights` or `external`, which load the \
+                         whole model"
+                    );
+                    Ok(())
+                })
+                .context("exporting the proposal")?;
+                format!("{seen_at}/adapter")
+            }
+            Reload::SglangUpdateWeights | Reload::External => {
+                align_core::io::write_dir_atomic(&dir, |tmp| {
+                    anyhow::ensure!(
+                        policy.save_hf(tmp)?,
+                        "this policy has no HF form for the servers to load (its model writes \
+                         no `config.json`); an HF model (`[model.hf]`) does"
+                    );
+                    Ok(())
+                })
+                .context("exporting the proposal")?;
+                seen_at
+            }
         };
         let roots: Vec<&str> = self.config.urls.iter().map(|u| config::root(u)).collect();
         let post = |url: String, body: serde_json::Value| -> anyhow::Result<()> {
@@ -843,10 +863,6 @@ impl ServerSampler {
         let previous = self.served_model();
         let served = match p.reload {
             Reload::VllmLora => {
-                let path = need(
-                    "adapter",
-                    "vllm-lora needs a LoRA policy (`[model.hf] lora = { … }`)",
-                )?;
                 for r in &roots {
                     post(
                         format!("{r}/v1/load_lora_adapter"),
@@ -867,10 +883,6 @@ impl ServerSampler {
                 name
             }
             Reload::SglangUpdateWeights => {
-                let path = need(
-                    "merged",
-                    "sglang-update-weights needs merged weights (`lora = { merge = true, … }`)",
-                )?;
                 for r in &roots {
                     post(
                         format!("{r}/update_weights_from_disk"),

@@ -558,11 +558,70 @@ fn a_refresh_loads_the_exported_adapter_and_samples_from_it() {
 
     // A policy without an adapter cannot be loaded as one.
     let plain = TinyPolicy::new(Weights::random(11));
-    let err = sampler.refresh(&plain, 3).unwrap_err().to_string();
+    let err = format!("{:#}", sampler.refresh(&plain, 3).unwrap_err());
     assert!(
-        err.contains("not `adapter/`") && err.contains("lora"),
+        err.contains("has none") && err.contains("lora") && err.contains("sglang-update-weights"),
         "{err}"
     );
+}
+
+/// With SGLang a refresh writes the whole model as an HF directory (which
+/// appears only once complete) and has every server load it from disk; the
+/// requests then ask for the served model by its name, which stays.
+#[test]
+fn a_sglang_refresh_loads_the_whole_model_from_disk() {
+    let servers = [
+        StandIn::start(served(11), Options::default()),
+        StandIn::start(served(11), Options::default()),
+    ];
+    let mut policy = TinyPolicy::new(Weights::random(11));
+    policy.hf = true;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(servers.iter().map(|s| s.url.clone()).collect());
+    c.proposal = Some(ProposalConfig {
+        proposal_model: "proposal".into(),
+        export_dir: dir.path().join("exports"),
+        server_export_dir: None,
+        reload: Reload::SglangUpdateWeights,
+    });
+    let sampler = ServerSampler::new(c).unwrap();
+    let exported = sampler.refresh(&policy, 4).unwrap();
+    assert_eq!(exported, dir.path().join("exports/proposal-4"));
+    assert!(exported.join("config.json").is_file());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("exports"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers, ["proposal-4"], "no temporary directory left");
+    // Redone (a resumed run refreshes again): replaced.
+    sampler.refresh(&policy, 4).unwrap();
+    for s in &servers {
+        let log = s.requests();
+        assert_eq!(log.len(), 2, "one load per refresh");
+        for r in &log {
+            assert_eq!(r.path, "/update_weights_from_disk");
+            assert_eq!(
+                r.body,
+                serde_json::json!({"model_path": exported.display().to_string()})
+            );
+        }
+    }
+    assert_eq!(sampler.served_model(), "tiny");
+    let ps = prompts(2);
+    sampler
+        .sample(&policy, &ps, 1, 3, Some(EOS), &filtered(), 1)
+        .unwrap();
+    assert!(servers
+        .iter()
+        .flat_map(|s| s.requests())
+        .filter(|r| r.path == "/v1/completions")
+        .all(|r| r.body["model"] == "tiny"));
+
+    // A policy with no HF form is refused, nothing left on disk.
+    let plain = TinyPolicy::new(Weights::random(11));
+    let err = format!("{:#}", sampler.refresh(&plain, 5).unwrap_err());
+    assert!(err.contains("no HF form"), "{err}");
+    assert!(!dir.path().join("exports/proposal-5").exists());
 }
 
 /// The settings' errors name the key and the fix.

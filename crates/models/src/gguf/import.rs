@@ -233,6 +233,16 @@ pub fn import_file(f: &GgufFile) -> Result<Imported> {
 }
 
 impl Imported {
+    /// The HF files an export of this model carries: its tokenizer and
+    /// generation settings, rebuilt.
+    pub fn companions(&self) -> crate::export::Companions {
+        crate::export::Companions::Gguf(std::sync::Arc::new(crate::export::GgufFiles {
+            tokenizer_json: self.tokenizer.as_ref().and_then(|t| t.to_string(true).ok()),
+            tokenizer_config: self.tokenizer_config.clone(),
+            generation_config: self.generation_config.clone(),
+        }))
+    }
+
     pub(super) fn text_tokenizer(&self, model_vocab: i64) -> Result<Option<TextTokenizer>> {
         let Some(tok) = &self.tokenizer else {
             return Ok(None);

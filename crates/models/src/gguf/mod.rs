@@ -45,7 +45,9 @@ pub fn load(path: &Path, dtype: DType, device: Device) -> Result<LanguageModel> 
             .map(|(n, t)| (n.clone(), t.shallow_clone()))
             .collect(),
     );
-    let (policy, architecture) = build_causal(path, &imported.config, &weights, dtype, device)?;
+    let companions = Some(imported.companions());
+    let (policy, architecture) =
+        build_causal(path, &imported.config, &weights, dtype, device, companions)?;
     let tokenizer = imported.text_tokenizer(policy.vocab_size())?;
     Ok(LanguageModel {
         policy,

@@ -71,6 +71,8 @@ pub struct TinyPolicy {
     pub weights: Weights,
     /// What `export` writes (names of subdirectories), for refresh tests.
     pub exports: Vec<&'static str>,
+    /// Whether `save_hf` writes an HF directory (a `config.json` here).
+    pub hf: bool,
 }
 
 /// The tiny policy for a stand-in server.
@@ -84,6 +86,7 @@ impl TinyPolicy {
             vs: nn::VarStore::new(Device::Cpu),
             weights,
             exports: Vec::new(),
+            hf: false,
         }
     }
 }
@@ -107,6 +110,12 @@ impl Policy for TinyPolicy {
             std::fs::write(dir.join(sub).join("weights.txt"), "tiny")?;
         }
         Ok(self.exports.iter().map(|s| s.to_string()).collect())
+    }
+    fn save_hf(&self, dir: &std::path::Path) -> anyhow::Result<bool> {
+        if self.hf {
+            std::fs::write(dir.join("config.json"), "{\"tiny\": true}")?;
+        }
+        Ok(self.hf)
     }
 }
 
@@ -163,7 +172,13 @@ pub struct Options {
     /// The served model's end-of-generation token (llama.cpp stops at it).
     pub model_eos: Option<i64>,
     pub behaviour: Behaviour,
+    /// SGLang's `/update_weights_from_disk`: the model its `model_path`
+    /// holds, served from then on (`None`: the weights stay, the answer is
+    /// still a success, as a server that silently kept its weights).
+    pub load: Option<Loader>,
 }
+
+pub type Loader = Box<dyn Fn(&std::path::Path) -> Box<dyn Policy> + Send>;
 
 impl Default for Options {
     fn default() -> Self {
@@ -172,6 +187,7 @@ impl Default for Options {
             old_vllm: false,
             model_eos: None,
             behaviour: Box::new(|_, _| Action::Serve),
+            load: None,
         }
     }
 }
@@ -189,9 +205,12 @@ impl StandIn {
         let log = Arc::new(Mutex::new(Vec::new()));
         let shared = log.clone();
         std::thread::spawn(move || {
+            let mut policy = policy;
             for (i, stream) in listener.incoming().enumerate() {
                 let Ok(stream) = stream else { continue };
-                serve(i, stream, policy.as_ref(), &options, &shared);
+                if let Some(loaded) = serve(i, stream, policy.as_ref(), &options, &shared) {
+                    policy = loaded;
+                }
             }
         });
         StandIn { url, log }
@@ -259,16 +278,16 @@ fn respond(stream: &mut TcpStream, status: u16, content_type: &str, body: &str) 
     let _ = stream.flush();
 }
 
+/// Answers one request; returns the model to serve from now on when the
+/// request loaded one.
 fn serve(
     i: usize,
     mut stream: TcpStream,
     weights: &dyn Policy,
     o: &Options,
     log: &Mutex<Vec<Logged>>,
-) {
-    let Some((path, body)) = read_request(&mut stream) else {
-        return;
-    };
+) -> Option<Box<dyn Policy>> {
+    let (path, body) = read_request(&mut stream)?;
     let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     let mut logged = Logged {
         path: path.clone(),
@@ -278,10 +297,11 @@ fn serve(
     logged.action = (o.behaviour)(i, &logged);
     log.lock().unwrap().push(logged.clone());
     match &logged.action {
-        Action::Drop => return, // closes the connection unanswered
+        Action::Drop => return None, // closes the connection unanswered
         Action::Status(s) => {
             let err = json!({"object": "error", "message": "overloaded", "type": "ServiceUnavailable", "code": s});
-            return respond(&mut stream, *s, "application/json", &err.to_string());
+            respond(&mut stream, *s, "application/json", &err.to_string());
+            return None;
         }
         _ => {}
     }
@@ -303,6 +323,15 @@ fn serve(
                 &format!("Success: LoRA adapter '{name}' done."),
             );
         }
+        "/update_weights_from_disk" => {
+            let loaded = o.load.as_ref().map(|load| {
+                let dir = logged.body["model_path"].as_str().unwrap_or_default();
+                load(std::path::Path::new(dir))
+            });
+            let answer = json!({"success": true, "message": "Succeeded to update model weights."});
+            respond(&mut stream, 200, "application/json", &answer.to_string());
+            return loaded;
+        }
         _ => respond(
             &mut stream,
             404,
@@ -310,6 +339,7 @@ fn serve(
             r#"{"detail":"Not Found"}"#,
         ),
     }
+    None
 }
 
 /// One sample from `prompt`: tokens, reported log-probs, and whether it
