@@ -22,8 +22,10 @@
 #     same way for both sides);
 #   - the 1B step again with gradient checkpointing (its peak GPU memory);
 #   - NCCL (`runner nccl-check`, world size 1): exact bf16 and f32 sums of
-#     CUDA tensors and a timed 256 MiB bf16 all-reduce, through the wheel's
-#     libnccl (on the CPU: only that it loads);
+#     CUDA tensors, the training loop's bf16 gradient sum through it (exact),
+#     and a timed 256 MiB bf16 all-reduce, through the wheel's libnccl; then
+#     the 1B step with BRAIN_NCCL=on, its gradients summed through NCCL (the
+#     `gradient_sum` phase). On the CPU: only that NCCL loads.
 #   - experiments/exact.toml on the device (the whole pipeline, toy task).
 # Every figure is a JSON line in $OUT/gpu-check.jsonl; the summary table is
 # printed at the end and written to $OUT/summary.md.
@@ -167,6 +169,13 @@ CUDART_DIR=$("$PY" -c 'import os, nvidia.cu13 as c; print(os.path.join(list(c.__
 if [[ $DEVICE == cuda ]]; then
   LD_LIBRARY_PATH="$NCCL_DIR:$CUDART_DIR:$LD_LIBRARY_PATH" "$BIN" nccl-check --mib 256 \
     2>"$OUT/nccl.err" | tee -a "$LOG" || { echo "FAILED: nccl-check:"; tail -5 "$OUT/nccl.err"; }
+  echo "== llama-1b: the training step with its bf16 gradients summed through NCCL"
+  LD_LIBRARY_PATH="$NCCL_DIR:$CUDART_DIR:$LD_LIBRARY_PATH" BRAIN_NCCL=on \
+    measure "step-ours-llama-1b-nccl" "llama-1b-nccl" brain-rs \
+    "$BIN" bench-step scripts/gpu-check/step.toml --set model.hf.path="$OUT/models/llama-1b" \
+    --set device="$DEVICE" --set model.hf.dtype="$DTYPE" --threads "$THREADS" \
+    --prompt-tokens "$PROMPT" --completion-tokens "$COMPLETION" --iterations "$ITERS" \
+    --gemm-sizes "$GEMM"
 else
   # No GPU: NCCL and the CUDA runtime load, and the first CUDA call is refused.
   LD_LIBRARY_PATH="$NCCL_DIR:$CUDART_DIR:$LD_LIBRARY_PATH" "$BIN" nccl-check --device cuda:0 2>&1 |

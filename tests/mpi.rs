@@ -26,7 +26,8 @@
 //! - Every step's mean reward over every candidate the ranks drew is the
 //!   single process's (to 1e-12): the shards cover the step's work once.
 //! - A 2-rank run killed with SIGKILL inside a step resumes from rank 0's
-//!   checkpoint, on 2 ranks, to the uninterrupted 2-rank run's results.
+//!   checkpoint, on 2 ranks, to the uninterrupted 2-rank run's results; and
+//!   on another number of ranks (2 → 1 and 1 → 2) to the same weights.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -424,4 +425,43 @@ fn a_killed_two_rank_run_resumes_to_the_uninterrupted_results() {
             assert!(a == b, "{file} differs after the resume");
         }
     }
+}
+
+/// A checkpoint holds no trace of the world size: a 2-rank run killed
+/// inside a step resumes in one process, and a one-process run killed the
+/// same way resumes on 2 ranks, each to the uninterrupted run's weights
+/// (bit for bit: on this manifest 2 ranks train as one process does) and
+/// step logs.
+#[test]
+fn a_killed_run_resumes_on_another_number_of_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(dir.path(), "exact.toml", EXACT);
+    let straight = dir.path().join("straight");
+    ok(two_ranks(&runner_args(&m, &straight, &[]), None));
+    let runs = [("BRAIn", "brain"), ("RLOO", "rloo"), ("RSO", "rso")];
+
+    // Killed on 2 ranks, resumed in one process.
+    let down = dir.path().join("down");
+    let o = two_ranks(&runner_args(&m, &down, &[]), Some("train-step:25"));
+    assert!(!o.status.success());
+    let o = single(&runner_args(&m, &down, &["--resume"]));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("BRAIn (seed 1): resuming at step 20 of 30"),
+        "{stderr}"
+    );
+    same_training(&straight, &down, &runs, 0.0, "2 ranks, then 1");
+
+    // Killed in one process, resumed on 2 ranks.
+    let up = dir.path().join("up");
+    let o = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(runner_args(&m, &up, &[]))
+        .env("BRAIN_RS_FAILPOINT", "train-step:25")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let o = ok(two_ranks(&runner_args(&m, &up, &["--resume"]), None));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    ranks_agree(&stderr, &["BRAIn", "RLOO", "RSO"]);
+    same_training(&straight, &up, &runs, 0.0, "1 rank, then 2");
 }

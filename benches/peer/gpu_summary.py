@@ -48,14 +48,22 @@ def main():
              higher_is_better=False)
         line("peak RSS, step (MiB)", "step", "peak_rss_mb", fmt="{:.0f}", higher_is_better=False)
     print("\nMemory rows: ratio = peer ÷ ours (> 1: we use less). "
-          "`llama-1b-checkpointing`: ours with gradient checkpointing (no peer row).")
+          "`llama-1b-checkpointing`: ours with gradient checkpointing, `llama-1b-nccl`: ours "
+          "with the gradients through NCCL (no peer rows).")
     for r in rows:
         if r.get("check") == "nccl":
             sums = ", ".join(f"{k} {v['wrong']} wrong of {v['elements']}"
                              for k, v in r["exact_sums"].items())
+            g = r.get("loop_gradients", {})
             print(f"\nNCCL {r['nccl_version']}, rank {r['rank']} of {r['world_size']} on "
-                  f"{r['device']}: {sums}; {r['timed_bf16_mib']} MiB bf16 all-reduce in "
-                  f"{r['median_seconds'] * 1e3:.2f} ms (median).")
+                  f"{r['device']}: {sums}; the loop's {g.get('kind')} gradient sum "
+                  f"{g.get('wrong')} wrong of {g.get('elements')}; {r['timed_bf16_mib']} MiB "
+                  f"bf16 all-reduce in {r['median_seconds'] * 1e3:.2f} ms (median).")
+    for r in rows:
+        if r.get("bench") == "step" and r.get("gradient_sum") == "nccl":
+            print(f"\n{r['shape']}: the step with its gradients summed through NCCL "
+                  f"(world size 1): {r['seconds_per_step']:.3f} s, of which the sum "
+                  f"{r['phases']['gradient_sum'] * 1e3:.1f} ms.")
 
 
 if __name__ == "__main__":

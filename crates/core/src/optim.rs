@@ -45,6 +45,15 @@ fn is_half(kind: tch::Kind) -> bool {
     matches!(kind, tch::Kind::BFloat16 | tch::Kind::Half)
 }
 
+/// A sum over the ranks of a tensor on the training device, in place, the
+/// same bits on every rank: NCCL for CUDA tensors (the runner's `nccl`
+/// feature). [`Optimizer::sum_grads`] hands it the step's flat gradients.
+pub trait DeviceSum: Send + Sync {
+    /// Every rank's `t` summed into every rank's `t` (contiguous; the same
+    /// shape and kind on every rank).
+    fn sum_in_place(&self, t: &Tensor) -> anyhow::Result<()>;
+}
+
 pub struct Optimizer {
     kind: OptimizerKind,
     lr: f64,
@@ -313,57 +322,107 @@ impl Optimizer {
     }
 
     /// Data parallelism: every rank's gradients (of its share of the step's
-    /// loss, `Estimator::loss_means`) summed over the ranks through one flat
-    /// f32 buffer, into every rank's gradients, the same bits on every rank:
-    /// the finiteness check and the step that read them then agree. A
-    /// gradient that no rank has stays undefined (the step skips it).
-    pub fn sum_grads(&mut self, comm: &dyn Comm) {
-        if comm.size() == 1 {
-            return;
+    /// loss, `Estimator::loss_means`) summed over the ranks into every
+    /// rank's gradients, the same bits on every rank: the finiteness check
+    /// and the step that read them then agree. A gradient that no rank has
+    /// stays undefined (the step skips it).
+    ///
+    /// The gradients travel as one flat buffer: with `device`, on the
+    /// training device in the gradients' own kind (bf16 in a bf16 run), and
+    /// `device` sums it there (NCCL, for CUDA); else in host memory as f32,
+    /// summed by `comm`. `device` sums even in a world of one (a check of
+    /// that path); without it a world of one has nothing to do.
+    pub fn sum_grads(
+        &mut self,
+        comm: &dyn Comm,
+        device: Option<&dyn DeviceSum>,
+    ) -> anyhow::Result<()> {
+        if comm.size() == 1 && device.is_none() {
+            return Ok(());
         }
-        let mut flat = {
-            let _guard = tch::no_grad_guard();
-            let cpu = (tch::Kind::Float, tch::Device::Cpu);
-            let mut parts: Vec<Tensor> = self
-                .params
-                .iter()
-                .map(|p| {
-                    let g = p.value.grad();
-                    if g.defined() {
-                        g.to_kind(tch::Kind::Float)
-                            .to_device(tch::Device::Cpu)
-                            .view([-1])
-                    } else {
-                        Tensor::zeros([p.value.numel() as i64], cpu)
-                    }
-                })
-                .collect();
-            // One flag per tensor: how many ranks have its gradient.
-            let defined: Vec<f32> = self
-                .params
-                .iter()
-                .map(|p| f32::from(u8::from(p.value.grad().defined())))
-                .collect();
-            parts.push(Tensor::from_slice(&defined));
-            Vec::<f32>::try_from(Tensor::cat(&parts, 0)).expect("f32 gradients")
+        let (kind, at) = match device {
+            Some(_) => {
+                let first = self
+                    .params
+                    .first()
+                    .map_or(tch::Kind::Float, |p| p.value.kind());
+                let kind = if self.params.iter().all(|p| p.value.kind() == first) {
+                    first
+                } else {
+                    tch::Kind::Float
+                };
+                let place = self
+                    .params
+                    .first()
+                    .map_or(tch::Device::Cpu, |p| p.value.device());
+                (kind, place)
+            }
+            None => (tch::Kind::Float, tch::Device::Cpu),
         };
-        comm.sum_f32(&mut flat);
-        let flags = &flat[flat.len() - self.params.len()..];
+        let mut flat = self.flat_grads(kind, at); // [Σ numel + tensors]
+        match device {
+            Some(d) => d.sum_in_place(&flat)?,
+            None => {
+                let mut host = Vec::<f32>::try_from(&flat).expect("f32 gradients");
+                comm.sum_f32(&mut host);
+                flat = Tensor::from_slice(&host);
+            }
+        }
+        self.set_flat_grads(&flat);
+        Ok(())
+    }
+
+    /// Every gradient end to end in `kind` on `at` (zeros for one this rank
+    /// lacks), then one flag per tensor: 1 where this rank has its gradient.
+    fn flat_grads(&self, kind: tch::Kind, at: tch::Device) -> Tensor {
+        let _guard = tch::no_grad_guard();
+        let mut parts: Vec<Tensor> = self
+            .params
+            .iter()
+            .map(|p| {
+                let g = p.value.grad();
+                if g.defined() {
+                    g.to_device(at).to_kind(kind).reshape([-1])
+                } else {
+                    Tensor::zeros([p.value.numel() as i64], (kind, at))
+                }
+            })
+            .collect();
+        let defined: Vec<f32> = self
+            .params
+            .iter()
+            .map(|p| f32::from(u8::from(p.value.grad().defined())))
+            .collect();
+        parts.push(Tensor::from_slice(&defined).to_device(at).to_kind(kind));
+        Tensor::cat(&parts, 0)
+    }
+
+    /// Writes the summed [`Optimizer::flat_grads`] buffer back: each tensor
+    /// some rank had a gradient for gets the sum (a fresh zero gradient to
+    /// write into where this rank had none).
+    fn set_flat_grads(&self, flat: &Tensor) {
+        let n = self.params.len() as i64;
+        let flags = Vec::<f32>::try_from(
+            flat.narrow(0, flat.numel() as i64 - n, n)
+                .to_kind(tch::Kind::Float)
+                .to_device(tch::Device::Cpu),
+        )
+        .expect("f32 flags");
         let mut at = 0;
-        for (p, &flag) in self.params.iter().zip(flags) {
-            let len = p.value.numel();
+        for (p, &flag) in self.params.iter().zip(&flags) {
+            let len = p.value.numel() as i64;
             if flag > 0.0 {
                 if !p.value.grad().defined() {
-                    // A zero gradient to write into (this rank's loss did
-                    // not reach the tensor; another rank's did).
+                    // This rank's loss did not reach the tensor; another rank's did.
                     (p.value.sum(tch::Kind::Float) * 0.0).backward();
                 }
                 let _guard = tch::no_grad_guard();
                 let mut g = p.value.grad();
-                let sum = Tensor::from_slice(&flat[at..at + len])
+                let sum = flat
+                    .narrow(0, at, len)
                     .view(p.value.size().as_slice())
-                    .to_kind(g.kind())
-                    .to_device(g.device());
+                    .to_device(g.device())
+                    .to_kind(g.kind());
                 g.copy_(&sum);
             }
             at += len;
@@ -572,32 +631,38 @@ mod tests {
         assert_eq!(params(&straight), params(&second));
     }
 
-    /// Two ranks (threads) that start from different weights and each see
-    /// half of the rows: after the broadcast and the summed gradients, their
-    /// weights are the same bits, and equal (to rounding) to one process
-    /// stepping on all the rows; a rank whose loss misses a tensor still
-    /// steps it.
-    #[test]
-    fn data_parallel_steps_agree_and_match_one_process() {
-        fn loss_of(m: &nn::Sequential, rows: std::ops::Range<i64>) -> Tensor {
-            let x = Tensor::arange(24, (Kind::Float, Device::Cpu)).view([4, 6]) / 10.0;
-            let x = x.narrow(0, rows.start, rows.end - rows.start);
-            (m.forward(&x) - 1.0).square().mean(Kind::Float)
+    /// A [`DeviceSum`] over a world of threads: NCCL's part, on the CPU.
+    struct ThreadSum<'a>(&'a dyn Comm);
+
+    impl DeviceSum for ThreadSum<'_> {
+        fn sum_in_place(&self, t: &Tensor) -> anyhow::Result<()> {
+            let mut v = Vec::<f64>::try_from(t.to_kind(Kind::Double)).unwrap();
+            self.0.sum_f64(&mut v);
+            t.shallow_clone()
+                .copy_(&Tensor::from_slice(&v).to_kind(t.kind()));
+            Ok(())
         }
-        let single = nn::VarStore::new(Device::Cpu);
-        let a = model(&single);
-        let mut opt = Optimizer::new(OptimizerKind::Adam, &single, 0.01).unwrap();
-        for _ in 0..5 {
-            opt.backward_step(&loss_of(&a, 0..4));
-        }
-        let ranks: Vec<(Vec<f64>, String)> = std::thread::scope(|s| {
-            let handles: Vec<_> = align_distributed::local::group(2)
+    }
+
+    fn loss_of(m: &nn::Sequential, rows: std::ops::Range<i64>, kind: Kind) -> Tensor {
+        let x = Tensor::arange(24, (kind, Device::Cpu)).view([4, 6]) / 10.0;
+        let x = x.narrow(0, rows.start, rows.end - rows.start);
+        (m.forward(&x) - 1.0).square().mean(Kind::Float)
+    }
+
+    /// `ranks` threads, each with its block of the rows, taking five Adam
+    /// steps with summed gradients (through `ThreadSum` when `on_device`),
+    /// with parameters in `kind`; every rank's weights and hash.
+    fn data_parallel(ranks: usize, on_device: bool, kind: Kind) -> Vec<(Vec<f64>, String)> {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = align_distributed::local::group(ranks)
                 .into_iter()
                 .map(|comm| {
                     s.spawn(move || {
-                        let vs = nn::VarStore::new(Device::Cpu);
+                        let mut vs = nn::VarStore::new(Device::Cpu);
                         let m = model(&vs);
                         let extra = vs.root().var("unused", &[3], nn::Init::Const(1.0));
+                        vs.set_kind(kind);
                         if comm.rank() == 1 {
                             // Rank 1 starts elsewhere: the broadcast undoes it.
                             tch::no_grad(|| {
@@ -608,16 +673,19 @@ mod tests {
                         }
                         let mut opt = Optimizer::new(OptimizerKind::Adam, &vs, 0.01).unwrap();
                         opt.broadcast_weights(&comm);
-                        let rows = if comm.rank() == 0 { 0..2 } else { 2..4 };
+                        let rows = distributed_rows(comm.rank(), ranks);
+                        let device = ThreadSum(&comm);
                         for _ in 0..5 {
                             opt.zero_grad();
-                            // Each rank's share of the step's mean: half.
-                            let mut loss = loss_of(&m, rows.clone()) * 0.5;
+                            // Each rank's share of the step's mean.
+                            let share = (rows.end - rows.start) as f64 / 4.0;
+                            let mut loss = loss_of(&m, rows.clone(), kind) * share;
                             if comm.rank() == 0 {
                                 loss += extra.sum(Kind::Float) * 0.0;
                             }
                             loss.backward();
-                            opt.sum_grads(&comm);
+                            let device = on_device.then_some(&device as &dyn DeviceSum);
+                            opt.sum_grads(&comm, device).unwrap();
                             assert!(extra.grad().defined(), "rank {}", comm.rank());
                             opt.step();
                         }
@@ -635,7 +703,29 @@ mod tests {
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
-        });
+        })
+    }
+
+    /// Rank `rank`'s rows of the four.
+    fn distributed_rows(rank: usize, ranks: usize) -> std::ops::Range<i64> {
+        let r = align_distributed::shard(4, rank, ranks);
+        r.start as i64..r.end as i64
+    }
+
+    /// Two ranks (threads) that start from different weights and each see
+    /// half of the rows: after the broadcast and the summed gradients, their
+    /// weights are the same bits, and equal (to rounding) to one process
+    /// stepping on all the rows; a rank whose loss misses a tensor still
+    /// steps it. The sum on the device gives the host sum's bits.
+    #[test]
+    fn data_parallel_steps_agree_and_match_one_process() {
+        let single = nn::VarStore::new(Device::Cpu);
+        let a = model(&single);
+        let mut opt = Optimizer::new(OptimizerKind::Adam, &single, 0.01).unwrap();
+        for _ in 0..5 {
+            opt.backward_step(&loss_of(&a, 0..4, Kind::Float));
+        }
+        let ranks = data_parallel(2, false, Kind::Float);
         assert_eq!(ranks[0].1, ranks[1].1, "the ranks' weights differ");
         assert_eq!(ranks[0].0, ranks[1].0);
         let want = params(&single);
@@ -650,6 +740,60 @@ mod tests {
         assert!(moved, "five steps moved the weights");
         for (p, q) in ranks[0].0.iter().zip(&want) {
             assert!((p - q).abs() <= 1e-6 * (1.0 + q.abs()), "{p} vs {q}");
+        }
+        let on_device = data_parallel(2, true, Kind::Float);
+        assert_eq!(on_device[0].1, ranks[0].1, "device sum ≠ host sum");
+        assert_eq!(on_device[1].1, ranks[0].1);
+    }
+
+    /// bf16 parameters: the device sum runs in bf16 (half the bytes) and
+    /// gives the bits of the host sum in f32 rounded to bf16 (two bf16
+    /// values add exactly in f32); in a world of one the device path (what
+    /// the GPU check runs through NCCL) is the identity.
+    #[test]
+    fn bf16_gradients_sum_on_the_device_in_bf16() {
+        let host = data_parallel(2, false, Kind::BFloat16);
+        let device = data_parallel(2, true, Kind::BFloat16);
+        assert_eq!(host[0].1, host[1].1);
+        assert_eq!(device[0].1, device[1].1);
+        assert_eq!(device[0].1, host[0].1, "bf16 device sum ≠ host sum");
+        let alone = data_parallel(1, false, Kind::BFloat16);
+        let alone_device = data_parallel(1, true, Kind::BFloat16);
+        assert_eq!(
+            alone[0].1, alone_device[0].1,
+            "a world of one changed the gradients"
+        );
+        assert_ne!(alone[0].1, host[0].1, "one rank and two see different rows");
+    }
+
+    /// The device path's buffer is in the parameters' kind: a sum that
+    /// records what it was handed sees bf16.
+    #[test]
+    fn the_device_buffer_has_the_gradients_kind() {
+        struct Seen(std::sync::Mutex<Vec<Kind>>);
+        impl DeviceSum for Seen {
+            fn sum_in_place(&self, t: &Tensor) -> anyhow::Result<()> {
+                self.0.lock().unwrap().push(t.kind());
+                Ok(())
+            }
+        }
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let m = model(&vs);
+        vs.set_kind(Kind::BFloat16);
+        let mut opt = Optimizer::new(OptimizerKind::Adam, &vs, 0.01).unwrap();
+        opt.zero_grad();
+        loss_of(&m, 0..4, Kind::BFloat16).backward();
+        let before: Vec<Tensor> = vs
+            .trainable_variables()
+            .iter()
+            .map(|t| t.grad().copy())
+            .collect();
+        let seen = Seen(Default::default());
+        opt.sum_grads(&align_distributed::Single, Some(&seen))
+            .unwrap();
+        assert_eq!(*seen.0.lock().unwrap(), [Kind::BFloat16]);
+        for (t, b) in vs.trainable_variables().iter().zip(&before) {
+            assert!(t.grad().equal(b));
         }
     }
 

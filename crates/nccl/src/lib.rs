@@ -19,6 +19,10 @@
 use align_distributed::Comm;
 use tch::Tensor;
 
+/// Whether this build has NCCL (the `nccl` feature); without it
+/// [`Nccl::new`] says how to build with it.
+pub const BUILT: bool = cfg!(feature = "nccl");
+
 /// NCCL's version, e.g. `(2, 28, 9)`.
 pub fn version() -> anyhow::Result<(i32, i32, i32)> {
     imp::version()

@@ -384,6 +384,10 @@ impl Policy for Timed {
     fn export(&self, dir: &Path) -> anyhow::Result<Vec<String>> {
         self.inner.export(dir)
     }
+
+    fn save_hf(&self, dir: &Path) -> anyhow::Result<bool> {
+        self.inner.save_hf(dir)
+    }
 }
 
 struct TimedDecoder<'a> {
@@ -859,11 +863,21 @@ pub fn bench_step(args: &StepArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let lengths = Tensor::full([p, n], completion as f64, (Kind::Float, device));
 
     let mut opt = Optimizer::new(manifest.train.optimizer, policy.var_store(), run.lr)?;
-    let names = ["forward", "loss_backward", "update_check", "optimizer"];
+    // The loop's gradient sum: nothing for one process, unless BRAIN_NCCL=on
+    // sends it through NCCL (the GPU check times that).
+    let world = align_distributed::world();
+    let device_sum = runner::grad_sum::for_run(world, device)?;
+    let names = [
+        "forward",
+        "loss_backward",
+        "gradient_sum",
+        "update_check",
+        "optimizer",
+    ];
     let mut phases: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut seconds = Vec::new();
     for i in 0..args.warmup + args.iterations {
-        let mut marks = [Instant::now(); 5];
+        let mut marks = [Instant::now(); 6];
         let policy_logp = policy_logprobs(policy.as_ref(), &batch).view([p, n]);
         sync(device);
         marks[1] = Instant::now();
@@ -882,17 +896,20 @@ pub fn bench_step(args: &StepArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         policy.finish_backward();
         sync(device);
         marks[2] = Instant::now();
-        let finite = loss.double_value(&[]).is_finite() && opt.update_is_finite();
+        opt.sum_grads(world, device_sum)?;
+        sync(device);
         marks[3] = Instant::now();
+        let finite = loss.double_value(&[]).is_finite() && opt.update_is_finite();
+        marks[4] = Instant::now();
         anyhow::ensure!(finite, "step {i}: non-finite loss or update");
         opt.step();
         sync(device);
-        marks[4] = Instant::now();
+        marks[5] = Instant::now();
         if i >= args.warmup {
             for (k, w) in marks.windows(2).enumerate() {
                 phases[k].push((w[1] - w[0]).as_secs_f64());
             }
-            seconds.push((marks[4] - marks[0]).as_secs_f64());
+            seconds.push((marks[5] - marks[0]).as_secs_f64());
         }
     }
     let peak_step = peak_rss_mib();
@@ -940,6 +957,7 @@ pub fn bench_step(args: &StepArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             "iterations": args.iterations,
             "seconds_per_step": step,
             "step_seconds": seconds,
+            "gradient_sum": if device_sum.is_some() { "nccl" } else { "none" },
             "phases": phase_medians,
             "phase_seconds": phase_seconds,
             "tokens_per_s": tokens / step,

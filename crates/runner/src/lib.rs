@@ -4,6 +4,7 @@
 pub mod check;
 pub mod checkpoint;
 pub mod evaluate;
+pub mod grad_sum;
 pub mod outdir;
 pub mod report;
 pub mod samples;

@@ -1,11 +1,15 @@
 //! `runner nccl-check`: the NCCL path on this machine's GPU, alone. Every
 //! rank of the run (one without `mpiexec`) sums `(rank + 1) · v` for bf16
 //! and f32 tensors `v` on its CUDA device, checks every element equals
-//! `v · size (size + 1) / 2` exactly (small integers: exact in bf16 too),
-//! and times a large bf16 sum. Prints one JSON line per rank.
+//! `v · size (size + 1) / 2` exactly (small integers: exact in bf16 too);
+//! then does the same through the training loop's path (bf16 parameters'
+//! gradients flattened on the device, summed by NCCL, written back, one
+//! tensor without a gradient left without one); and times a large bf16
+//! sum. Prints one JSON line per rank.
 
 use std::time::Instant;
 
+use align_core::optim::Optimizer;
 use align_nccl::Nccl;
 use anyhow::Context;
 use serde_json::json;
@@ -45,7 +49,9 @@ pub fn nccl_check(args: &NcclCheckArgs) -> anyhow::Result<()> {
     let index = device_index(&args.device, world)?;
     let device = Device::Cuda(index);
     let version = align_nccl::version()?;
-    let nccl = Nccl::new(world, index)?;
+    let nccl = runner::grad_sum::NcclSum(Nccl::new(world, index)?);
+    let loop_path = gradients_check(world, &nccl, device)?;
+    let nccl = &nccl.0;
     let (rank, size) = (nccl.rank(), nccl.size());
     let total = (size * (size + 1) / 2) as f64; // Σ (rank + 1)
 
@@ -91,6 +97,7 @@ pub fn nccl_check(args: &NcclCheckArgs) -> anyhow::Result<()> {
             "world_size": size,
             "device": format!("cuda:{index}"),
             "exact_sums": checks,
+            "loop_gradients": loop_path,
             "timed_bf16_mib": args.mib,
             "seconds": seconds,
             "median_seconds": median,
@@ -99,4 +106,45 @@ pub fn nccl_check(args: &NcclCheckArgs) -> anyhow::Result<()> {
         })
     );
     Ok(())
+}
+
+/// The loop's gradient sum ([`Optimizer::sum_grads`] through NCCL) on bf16
+/// parameters whose gradients are `(rank + 1) · v`: every element must be
+/// `v · size (size + 1) / 2` exactly, and a tensor no rank's loss reached
+/// must stay without a gradient.
+fn gradients_check(
+    world: &dyn align_distributed::Comm,
+    nccl: &runner::grad_sum::NcclSum,
+    device: Device,
+) -> anyhow::Result<serde_json::Value> {
+    let (rank, size) = (world.rank(), world.size());
+    let mut vs = tch::nn::VarStore::new(device);
+    let used = vs.root().zeros("used", &[1 << 20]);
+    let unused = vs.root().zeros("unused", &[1 << 10]);
+    vs.set_kind(Kind::BFloat16);
+    let mut opt = Optimizer::new(align_core::manifest::Optimizer::Adam, &vs, 1e-3)?;
+    let v = Tensor::arange(1 << 20, (Kind::Int64, device)).remainder(8); // [N]
+    let c = (&v * (rank as i64 + 1)).to_kind(Kind::BFloat16);
+    opt.zero_grad();
+    (&used * &c).sum(Kind::Float).backward();
+    opt.sum_grads(world, Some(nccl))?;
+    let want = (v.to_kind(Kind::Double) * (size * (size + 1) / 2) as f64).to_kind(Kind::BFloat16);
+    let grad = used.grad();
+    anyhow::ensure!(
+        grad.kind() == Kind::BFloat16,
+        "the gradient became {:?}",
+        grad.kind()
+    );
+    let wrong = grad.ne_tensor(&want).sum(Kind::Int64).int64_value(&[]);
+    anyhow::ensure!(
+        wrong == 0,
+        "rank {rank}: {wrong} of {} summed bf16 gradients differ from v·{}",
+        grad.numel(),
+        size * (size + 1) / 2
+    );
+    anyhow::ensure!(
+        !unused.grad().defined(),
+        "rank {rank}: a tensor no loss reached got a gradient"
+    );
+    Ok(json!({ "elements": grad.numel(), "kind": "bfloat16", "wrong": wrong }))
 }

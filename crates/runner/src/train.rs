@@ -10,7 +10,8 @@
 //! prompts, or over the step's valid pairs for DPO, RSO and SLiC-HF's
 //! calibration) times the rank's terms over every rank's. Before each
 //! optimizer step the shares' gradients and losses are summed, which is the
-//! single process's step (to rounding), the same bits on every rank; the
+//! single process's step (to rounding), the same bits on every rank (on
+//! CUDA through NCCL, in the gradients' kind: [`crate::grad_sum`]); the
 //! metrics are summed weighted by the ranks' shares of the prompts. Rank 0
 //! alone evaluates and checkpoints; each run ends with the ranks comparing a
 //! hash of their weights.
@@ -106,6 +107,7 @@ pub fn train(
     .context("restoring the optimizer from the checkpoint")?;
     // Every rank starts from rank 0's weights (fresh or its checkpoint's).
     opt.broadcast_weights(comm);
+    let device_sum = crate::grad_sum::for_run(comm, policy.var_store().device())?;
     let context = BatchContext {
         task: s.task,
         prior: s.prior,
@@ -151,10 +153,13 @@ pub fn train(
         metrics.set("reward_mean", inputs.reward_mean); // over every candidate
         metrics.extend(&inputs.sampler_metrics);
         let mut loss_value = loss.double_value(&[]);
+        // The step's gradient (the ranks' shares, summed; nothing to do
+        // for one process, unless BRAIN_NCCL=on sends it through NCCL).
+        opt.sum_grads(comm, device_sum)
+            .with_context(|| format!("step {}: summing the gradients", step + 1))?;
         if comm.size() > 1 {
-            // The step's gradient and loss (the ranks' shares, summed), and
-            // its metrics (each rank's weighted by its share of the prompts).
-            opt.sum_grads(comm);
+            // Its loss, and its metrics (each rank's weighted by its share
+            // of the prompts).
             loss_value = sum_scalars(comm, inputs.share, loss_value, &mut metrics)
                 .with_context(|| format!("step {}", step + 1))?;
         }
