@@ -28,6 +28,13 @@
 //! - A 2-rank run killed with SIGKILL inside a step resumes from rank 0's
 //!   checkpoint, on 2 ranks, to the uninterrupted 2-rank run's results; and
 //!   on another number of ranks (2 → 1 and 1 → 2) to the same weights.
+//! - With `[sampler.server]` (a stand-in on 127.0.0.1 serving the tiny
+//!   Llama, reloading each exported proposal), the 2 ranks ask the server
+//!   for the single process's prompts with its seeds, rank 0 alone exports
+//!   and reloads, and they train to its weights.
+
+#[path = "../crates/server-sampler/tests/common/mod.rs"]
+mod standin;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -313,12 +320,10 @@ fn two_ranks_train_as_one_process_on_the_combined_batch() {
     }
 }
 
-/// The tiny Llama on the HH fixture: weights shared by every prompt, so the
-/// summed gradients differ from one process's by rounding.
-#[test]
-fn two_ranks_train_a_tiny_llama_as_one_process() {
+/// BRAIn on the tiny Llama and the HH fixture, with proposal refreshes.
+fn llama_manifest() -> String {
     let fixtures = root().join("tests/fixtures");
-    let text = format!(
+    format!(
         r#"name = "mpi-llama"
 seed = 1
 device = "cpu"
@@ -352,7 +357,14 @@ refresh_every = 2
 "#,
         fixtures.join("data/hh-rlhf-clean.jsonl.gz").display(),
         fixtures.join("tiny-llama").display()
-    );
+    )
+}
+
+/// The tiny Llama on the HH fixture: weights shared by every prompt, so the
+/// summed gradients differ from one process's by rounding.
+#[test]
+fn two_ranks_train_a_tiny_llama_as_one_process() {
+    let text = llama_manifest();
     let dir = tempfile::tempdir().unwrap();
     let m = manifest(dir.path(), "llama.toml", &text);
     let (one, dp) = (dir.path().join("one"), dir.path().join("dp"));
@@ -360,8 +372,13 @@ refresh_every = 2
     let o = ok(two_ranks(&runner_args(&m, &dp, &[]), None));
     ranks_agree(&String::from_utf8_lossy(&o.stderr), &["brain"]);
     same_training(&one, &dp, &[("brain", "brain")], TOLERANCE, "tiny Llama");
-    // Trained: far further from the fixture's weights than from each other.
-    let path = fixtures.join("tiny-llama/model.safetensors");
+    assert_trained(&dp);
+}
+
+/// Trained: far further from the tiny Llama fixture's weights than the
+/// tolerance between 2 ranks and one process.
+fn assert_trained(out: &Path) {
+    let path = root().join("tests/fixtures/tiny-llama/model.safetensors");
     let start: Vec<(String, Vec<f64>)> = tch::Tensor::read_safetensors(&path)
         .unwrap()
         .into_iter()
@@ -370,7 +387,7 @@ refresh_every = 2
             (n, v)
         })
         .collect();
-    let trained = weights(&dp, "brain");
+    let trained = weights(out, "brain");
     let moved = trained
         .iter()
         .filter_map(|(n, v)| Some((v, &start.iter().find(|(m, _)| m == n)?.1)))
@@ -464,4 +481,113 @@ fn a_killed_run_resumes_on_another_number_of_ranks() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     ranks_agree(&stderr, &["BRAIn", "RLOO", "RSO"]);
     same_training(&straight, &up, &runs, 0.0, "1 rank, then 2");
+}
+
+/// The server sampler under `mpiexec -n 2`: each rank sends its block of
+/// each step's prompts, seeded by where they stand in the step, so the
+/// server sees the single process's (prompt, seed) pairs and answers them
+/// alike; rank 0 alone exports each refresh and has the server reload it
+/// (the stand-in loads the exported HF directory and serves it, and the
+/// densities are checked to 1e-3 at every draw); the ranks train to the
+/// single process's weights.
+#[test]
+fn two_ranks_sample_on_a_server_as_one_process() {
+    let fixtures = root().join("tests/fixtures");
+    let dir = tempfile::tempdir().unwrap();
+    let serve = || {
+        standin::StandIn::start(
+            align_models::load(
+                &fixtures.join("tiny-llama"),
+                align_models::DType::F32,
+                tch::Device::Cpu,
+            )
+            .unwrap()
+            .policy,
+            standin::Options {
+                load: Some(Box::new(|dir: &Path| {
+                    align_models::load(dir, align_models::DType::F32, tch::Device::Cpu)
+                        .unwrap_or_else(|e| {
+                            panic!("the stand-in cannot load {}: {e}", dir.display())
+                        })
+                        .policy
+                })),
+                ..standin::Options::default()
+            },
+        )
+    };
+    // A reward that varies between the tiny Llama's gibberish completions
+    // (the lexicon scores them all 0, and BRAIn's gradient would then be
+    // rounding noise).
+    let text = llama_manifest().replace(
+        "[reward.lexicon]",
+        "[reward.random-table]\nscale = 1.0\nseed = 7",
+    );
+    let with_server = |url: &str, exports: &Path| {
+        format!(
+            "{}\n[sampler.server]\nurls = [{url:?}]\nmodel = \"tiny-llama\"\nretries = 1\n\
+             backoff_s = 0.01\ntolerance = 1e-3\ntolerance_per_token = 0.0\n\
+             proposal = {{ proposal_model = \"proposal\", export_dir = {:?}, \
+             reload = \"sglang-update-weights\" }}\n",
+            text,
+            exports.display().to_string()
+        )
+    };
+    // (prompt ids, seed) of every completion request, sorted.
+    let asked = |server: &standin::StandIn| -> Vec<(Vec<i64>, u64)> {
+        let mut pairs: Vec<(Vec<i64>, u64)> = server
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/v1/completions")
+            .flat_map(|r| {
+                let seed = r.body["seed"].as_u64().unwrap();
+                r.prompts().into_iter().map(move |p| (p, seed))
+            })
+            .collect();
+        pairs.sort();
+        pairs
+    };
+    let reloads = |server: &standin::StandIn| {
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/update_weights_from_disk")
+            .count()
+    };
+
+    let (server_one, server_dp) = (serve(), serve());
+    let m_one = manifest(
+        dir.path(),
+        "one.toml",
+        &with_server(&server_one.url, &dir.path().join("exports-one")),
+    );
+    let m_dp = manifest(
+        dir.path(),
+        "dp.toml",
+        &with_server(&server_dp.url, &dir.path().join("exports-dp")),
+    );
+    let (one, dp) = (dir.path().join("one"), dir.path().join("dp"));
+    single(&runner_args(&m_one, &one, &[]));
+    let o = ok(two_ranks(&runner_args(&m_dp, &dp, &[]), None));
+    ranks_agree(&String::from_utf8_lossy(&o.stderr), &["brain"]);
+
+    let (a, b) = (asked(&server_one), asked(&server_dp));
+    assert_eq!(a.len(), 4 * 4, "4 steps of 4 prompts: {a:?}");
+    assert_eq!(a, b, "the ranks asked for other prompts or seeds");
+    // One reload per refresh (at steps 2 and, on the way, none other), from rank 0 only.
+    assert_eq!(reloads(&server_one), 1);
+    assert_eq!(
+        reloads(&server_dp),
+        1,
+        "a rank other than 0 reloaded the server"
+    );
+    same_training(
+        &one,
+        &dp,
+        &[("brain", "brain")],
+        TOLERANCE,
+        "tiny Llama on a server",
+    );
+    assert_trained(&dp);
+    let diffs = column(&dp, "brain", "server_logp_max_abs_diff");
+    assert!(diffs.iter().all(|d| (0.0..1e-3).contains(d)), "{diffs:?}");
 }

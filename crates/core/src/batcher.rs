@@ -164,13 +164,6 @@ impl<'a> Batcher<'a> {
              (raise train.prompts_per_step or start fewer ranks)",
             comm.size()
         );
-        // A server sampler's requests are seeded by their place in the call,
-        // so a rank's share of a call would not be the single process's rows.
-        anyhow::ensure!(
-            comm.size() == 1 || self.ctx.sampler.is_none(),
-            "sampling on servers (`[sampler]`) is not supported under mpiexec yet: \
-             run one process (the sampler spreads the prompts over the servers)"
-        );
         self.comm = comm;
         Ok(self)
     }
@@ -517,7 +510,7 @@ impl<'a> Batcher<'a> {
                 Some(backend) => {
                     let batch = backend
                         .sample(
-                            policy, from_prior, prompts, count, max_new, eos, config, seed,
+                            policy, from_prior, prompts, count, max_new, eos, config, seed, part,
                         )
                         .with_context(|| format!("sampling on {}", backend.describe()))?;
                     self.sampler_metrics.borrow_mut().extend(&backend.metrics());

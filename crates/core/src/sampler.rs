@@ -2,7 +2,7 @@
 //! plugin (inference servers). Without one, the batcher draws with
 //! [`crate::sampling::sample_part`].
 
-use crate::sampling::{SampleBatch, SamplingConfig};
+use crate::sampling::{Part, SampleBatch, SamplingConfig};
 use crate::task::Prompt;
 use crate::Policy;
 
@@ -13,7 +13,9 @@ pub trait SamplerBackend: Send + Sync {
     /// `n` completions per prompt (up to `max_new_tokens`, stopping at
     /// `eos`) from the prior when `from_prior`, else from the proposal (the
     /// prior until the first [`SamplerBackend::refresh`]); `policy` is that
-    /// distribution's model here.
+    /// distribution's model here. `prompts` are `part` of the call (one
+    /// data-parallel rank's block, from `part.first`; the whole call in one
+    /// process): the draws for a prompt must not depend on which rank asks.
     #[allow(clippy::too_many_arguments)]
     fn sample(
         &self,
@@ -25,6 +27,7 @@ pub trait SamplerBackend: Send + Sync {
         eos: Option<i64>,
         config: &SamplingConfig,
         seed: u64,
+        part: Part,
     ) -> anyhow::Result<SampleBatch>;
 
     /// The proposal is now `policy` (refresh number `version`): whatever

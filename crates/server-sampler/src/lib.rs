@@ -94,6 +94,7 @@ use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use align_core::logprob::{policy_logprobs, sampling_logprobs};
+use align_core::sampling::Part;
 use align_core::task::Prompt;
 use align_core::{Policy, SampleBatch, SamplingConfig};
 use anyhow::Context;
@@ -194,12 +195,54 @@ fn mix(seed: u64, salt: u64) -> u64 {
 /// The task's view of one call, for checking what the servers return.
 struct Call<'a> {
     prompts: &'a [Prompt],
+    /// Where `prompts` start in the whole call (a data-parallel rank's
+    /// block; 0 in one process): the requests' seeds depend on it.
+    first: usize,
     n: usize,
     max_new_tokens: i64,
     eos: Option<i64>,
     vocab: i64,
     sampling: &'a SamplingConfig,
     model: &'a str,
+}
+
+impl<'a> Call<'a> {
+    /// A call, its settings checked.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        prompts: &'a [Prompt],
+        first: usize,
+        n: i64,
+        max_new_tokens: i64,
+        eos: Option<i64>,
+        policy: &dyn Policy,
+        sampling: &'a SamplingConfig,
+        model: &'a str,
+    ) -> anyhow::Result<Call<'a>> {
+        if let Err((key, message)) = sampling.validate() {
+            anyhow::bail!("sampling `{key}`: {message}");
+        }
+        anyhow::ensure!(n >= 1, "n = {n}: ask for at least one sample per prompt");
+        anyhow::ensure!(
+            max_new_tokens >= 0,
+            "max_new_tokens = {max_new_tokens}: must be ≥ 0"
+        );
+        if let Some(p) = prompts.iter().position(|p| p.ids.is_empty()) {
+            anyhow::bail!(
+                "prompt {p} has no tokens: inference servers need at least one (a BOS token)"
+            );
+        }
+        Ok(Call {
+            prompts,
+            first,
+            n: n as usize,
+            max_new_tokens,
+            eos,
+            vocab: policy.vocab_size(),
+            sampling,
+            model,
+        })
+    }
 }
 
 fn describe_prompt(prompts: &[Prompt], p: usize) -> String {
@@ -286,17 +329,18 @@ impl ServerSampler {
         config: &SamplingConfig,
         seed: u64,
     ) -> anyhow::Result<SampleBatch> {
-        let model = self.served_model();
-        self.keep(self.draw(
-            &model,
+        let whole = Part::whole(prompts.len());
+        self.sample_part(
             policy,
+            false,
             prompts,
             n,
             max_new_tokens,
             eos,
             config,
             seed,
-        )?)
+            whole,
+        )
     }
 
     /// [`ServerSampler::sample`] from the prior (`model`), whatever was refreshed.
@@ -311,14 +355,60 @@ impl ServerSampler {
         config: &SamplingConfig,
         seed: u64,
     ) -> anyhow::Result<SampleBatch> {
-        anyhow::ensure!(
-            !self.prior_replaced.load(Ordering::Relaxed),
-            "the servers no longer serve the prior `{}`: `sglang-update-weights` replaced its weights with the proposal's; \
-             sample the prior in process, or use `vllm-lora` (the prior stays served beside the adapters)",
-            self.config.model
-        );
-        let model = self.config.model.clone();
-        self.keep(self.draw(&model, prior, prompts, n, max_new_tokens, eos, config, seed)?)
+        let whole = Part::whole(prompts.len());
+        self.sample_part(
+            prior,
+            true,
+            prompts,
+            n,
+            max_new_tokens,
+            eos,
+            config,
+            seed,
+            whole,
+        )
+    }
+
+    /// [`ServerSampler::sample`] (or, `from_prior`, [`sample_prior`](Self::sample_prior))
+    /// of `part` of a call: `prompts` are the call's prompts `part.first..`,
+    /// one data-parallel rank's block. Each request's seed comes from where
+    /// its prompts stand in the whole call, so the ranks' blocks ask for
+    /// what one process's call asks for, prompt by prompt.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sample_part(
+        &self,
+        policy: &dyn Policy,
+        from_prior: bool,
+        prompts: &[Prompt],
+        n: i64,
+        max_new_tokens: i64,
+        eos: Option<i64>,
+        config: &SamplingConfig,
+        seed: u64,
+        part: Part,
+    ) -> anyhow::Result<SampleBatch> {
+        let model = if from_prior {
+            anyhow::ensure!(
+                !self.prior_replaced.load(Ordering::Relaxed),
+                "the servers no longer serve the prior `{}`: `sglang-update-weights` replaced its weights with the proposal's; \
+                 sample the prior in process, or use `vllm-lora` (the prior stays served beside the adapters)",
+                self.config.model
+            );
+            self.config.model.clone()
+        } else {
+            self.served_model()
+        };
+        let call = Call::new(
+            prompts,
+            part.first,
+            n,
+            max_new_tokens,
+            eos,
+            policy,
+            config,
+            &model,
+        )?;
+        self.keep(self.draw_call(policy, &call, seed)?)
     }
 
     fn keep(&self, s: ServerSample) -> anyhow::Result<SampleBatch> {
@@ -326,7 +416,7 @@ impl ServerSampler {
         Ok(s.batch)
     }
 
-    /// One draw from the served `model`, with its report.
+    /// One whole call's draw from the served `model`, with its report.
     #[allow(clippy::too_many_arguments)]
     pub fn draw(
         &self,
@@ -339,40 +429,31 @@ impl ServerSampler {
         config: &SamplingConfig,
         seed: u64,
     ) -> anyhow::Result<ServerSample> {
-        if let Err((key, message)) = config.validate() {
-            anyhow::bail!("sampling `{key}`: {message}");
-        }
-        anyhow::ensure!(n >= 1, "n = {n}: ask for at least one sample per prompt");
-        anyhow::ensure!(
-            max_new_tokens >= 0,
-            "max_new_tokens = {max_new_tokens}: must be ≥ 0"
-        );
-        if let Some(p) = prompts.iter().position(|p| p.ids.is_empty()) {
-            anyhow::bail!(
-                "prompt {p} has no tokens: inference servers need at least one (a BOS token)"
-            );
-        }
-        let call = Call {
-            prompts,
-            n: n as usize,
-            max_new_tokens,
-            eos,
-            vocab: policy.vocab_size(),
-            sampling: config,
-            model,
-        };
+        let call = Call::new(prompts, 0, n, max_new_tokens, eos, policy, config, model)?;
+        self.draw_call(policy, &call, seed)
+    }
+
+    /// One draw of `call`, with its report; `policy` is the trainer's copy
+    /// of the served model.
+    fn draw_call(
+        &self,
+        policy: &dyn Policy,
+        call: &Call,
+        seed: u64,
+    ) -> anyhow::Result<ServerSample> {
+        let (prompts, n, max_new_tokens) = (call.prompts, call.n, call.max_new_tokens);
         let (completions, shared) = if max_new_tokens == 0 || prompts.is_empty() {
             let empty = Completion {
                 tokens: Vec::new(),
                 logprobs: Vec::new(),
                 finish: "length".into(),
             };
-            let rows = prompts.len() * call.n;
+            let rows = prompts.len() * n;
             (vec![(empty, 0); rows], self.stats_template())
         } else {
-            self.collect(&call, seed)?
+            self.collect(call, seed)?
         };
-        self.assemble(policy, &call, completions, shared)
+        self.assemble(policy, call, completions, shared)
     }
 
     fn stats_template(&self) -> Vec<ServerStats> {
@@ -385,29 +466,45 @@ impl ServerSampler {
             .collect()
     }
 
-    /// The call's requests, in a fixed order with fixed seeds.
+    /// The call's requests, in a fixed order with fixed seeds. A request
+    /// holds the prompts of one block of `prompts_per_request` of the whole
+    /// call (a rank's block may cut one short at either end), and its seed
+    /// is that block's; llama.cpp's, one per sample, are by the sample's
+    /// place in the whole call. A server that samples each prompt of a
+    /// request from its own generator seeded with the request's seed (vLLM
+    /// and SGLang do) then answers a rank's prompts as it answers them in
+    /// one process's call.
     fn items(&self, call: &Call, seed: u64) -> Vec<Item> {
         let p = call.prompts.len();
         match self.config.api {
-            Api::Openai => (0..p)
-                .collect::<Vec<_>>()
-                .chunks(self.config.prompts_per_request)
-                .enumerate()
-                .map(|(i, chunk)| Item {
-                    prompts: chunk.to_vec(),
-                    first_sample: 0,
-                    samples: call.n,
-                    seed: mix(seed, i as u64),
-                    short_answers: 0,
-                })
-                .collect(),
+            Api::Openai => {
+                let k = self.config.prompts_per_request;
+                let mut items: Vec<Item> = Vec::new();
+                for local in 0..p {
+                    let block = (call.first + local) / k;
+                    match items.last_mut() {
+                        Some(item) if (call.first + item.prompts[0]) / k == block => {
+                            item.prompts.push(local)
+                        }
+                        _ => items.push(Item {
+                            prompts: vec![local],
+                            first_sample: 0,
+                            samples: call.n,
+                            seed: mix(seed, block as u64),
+                            short_answers: 0,
+                        }),
+                    }
+                }
+                items
+            }
             Api::LlamaCpp => (0..p)
                 .flat_map(|prompt| {
+                    let global = call.first + prompt;
                     (0..call.n).map(move |j| Item {
                         prompts: vec![prompt],
                         first_sample: j,
                         samples: 1,
-                        seed: mix(seed, (prompt * call.n + j) as u64),
+                        seed: mix(seed, (global * call.n + j) as u64),
                         short_answers: 0,
                     })
                 })
@@ -802,12 +899,41 @@ impl ServerSampler {
     /// Exports `policy` as refresh `version` under `proposal.export_dir` and
     /// has every server load it (`proposal.reload`); later
     /// [`ServerSampler::sample`] calls ask for it. Returns the export directory.
+    ///
+    /// Data parallel (`mpiexec`): rank 0 alone exports and has the servers
+    /// load it (every rank holds the same proposal); the others wait for it,
+    /// then ask for what it loaded.
     pub fn refresh(&self, policy: &dyn Policy, version: u64) -> anyhow::Result<PathBuf> {
         let p = self.config.proposal.as_ref().context(
             "proposal refreshes need a `proposal` table (proposal_model, export_dir, reload) in the server settings",
         )?;
         let name = format!("{}-{version}", p.proposal_model);
         let dir = p.export_dir.join(&name);
+        let world = align_distributed::world();
+        align_distributed::root_first(|| match world.is_root() {
+            true => self.export_and_load(policy, p, &name, &dir),
+            false => Ok(()),
+        })?;
+        let served = match p.reload {
+            Reload::VllmLora => name,
+            Reload::SglangUpdateWeights => {
+                self.prior_replaced.store(true, Ordering::Relaxed);
+                self.config.model.clone()
+            }
+            Reload::External => p.proposal_model.clone(),
+        };
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = served;
+        Ok(dir)
+    }
+
+    /// Writes refresh `name` of `policy` to `dir` and has every server load it.
+    fn export_and_load(
+        &self,
+        policy: &dyn Policy,
+        p: &ProposalConfig,
+        name: &str,
+        dir: &std::path::Path,
+    ) -> anyhow::Result<()> {
         std::fs::create_dir_all(&p.export_dir).with_context(|| {
             format!("`proposal.export_dir`: creating {}", p.export_dir.display())
         })?;
@@ -819,7 +945,7 @@ impl ServerSampler {
         // only once written (a refresh redone on resume replaces it).
         let path = match p.reload {
             Reload::VllmLora => {
-                align_core::io::write_dir_atomic(&dir, |tmp| {
+                align_core::io::write_dir_atomic(dir, |tmp| {
                     let wrote = policy.export(tmp)?;
                     anyhow::ensure!(
                         wrote.iter().any(|w| w == "adapter"),
@@ -834,7 +960,7 @@ impl ServerSampler {
                 format!("{seen_at}/adapter")
             }
             Reload::SglangUpdateWeights | Reload::External => {
-                align_core::io::write_dir_atomic(&dir, |tmp| {
+                align_core::io::write_dir_atomic(dir, |tmp| {
                     anyhow::ensure!(
                         policy.save_hf(tmp)?,
                         "this policy has no HF form for the servers to load (its model writes \
@@ -861,7 +987,7 @@ impl ServerSampler {
                 })
         };
         let previous = self.served_model();
-        let served = match p.reload {
+        match p.reload {
             Reload::VllmLora => {
                 for r in &roots {
                     post(
@@ -880,7 +1006,6 @@ impl ServerSampler {
                         }
                     }
                 }
-                name
             }
             Reload::SglangUpdateWeights => {
                 for r in &roots {
@@ -889,12 +1014,9 @@ impl ServerSampler {
                         json!({"model_path": path}),
                     )?;
                 }
-                self.prior_replaced.store(true, Ordering::Relaxed);
-                self.config.model.clone()
             }
-            Reload::External => p.proposal_model.clone(),
-        };
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = served;
-        Ok(dir)
+            Reload::External => {}
+        }
+        Ok(())
     }
 }

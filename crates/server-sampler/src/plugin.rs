@@ -3,6 +3,7 @@
 //! process, and [`SamplerBackend::refresh`] at each proposal refresh).
 
 use align_core::registry::{build_from_config, Built, ConfigDeserializer, Constructor};
+use align_core::sampling::Part;
 use align_core::task::Prompt;
 use align_core::{
     Metrics, Plugin, PluginError, Policy, SampleBatch, SamplerBackend, SamplingConfig,
@@ -22,12 +23,19 @@ impl SamplerBackend for ServerSampler {
         eos: Option<i64>,
         config: &SamplingConfig,
         seed: u64,
+        part: Part,
     ) -> anyhow::Result<SampleBatch> {
-        if from_prior {
-            self.sample_prior(policy, prompts, n, max_new_tokens, eos, config, seed)
-        } else {
-            ServerSampler::sample(self, policy, prompts, n, max_new_tokens, eos, config, seed)
-        }
+        self.sample_part(
+            policy,
+            from_prior,
+            prompts,
+            n,
+            max_new_tokens,
+            eos,
+            config,
+            seed,
+            part,
+        )
     }
 
     fn refresh(&self, policy: &dyn Policy, version: u64) -> anyhow::Result<()> {

@@ -728,3 +728,77 @@ fn a_served_llama_is_recomputed_exactly() {
     let model = policy_logprobs(policy.as_ref(), &out.batch);
     assert!(out.batch.model_logp.equal(&model));
 }
+
+/// Data parallelism: ranks that each ask for their block of a call's
+/// prompts (`sample_part`) get, end to end, the whole call's samples (and
+/// densities, to rounding: other batches pad otherwise), also where a block cuts a request of `prompts_per_request`
+/// prompts in two, and with llama.cpp's one-sample requests.
+#[test]
+fn a_ranks_block_of_a_call_draws_what_the_whole_call_draws() {
+    use align_core::sampling::Part;
+    for api in [Api::Openai, Api::LlamaCpp] {
+        let server = StandIn::start(
+            served(12),
+            Options {
+                model_eos: Some(EOS),
+                ..Options::default()
+            },
+        );
+        let policy = TinyPolicy::new(Weights::random(12));
+        let mut c = config(vec![server.url.clone()]);
+        c.api = api;
+        c.prompts_per_request = 2;
+        let sampler = ServerSampler::new(c).unwrap();
+        let ps = prompts(5);
+        let whole = sampler
+            .sample(&policy, &ps, 2, 5, Some(EOS), &filtered(), 9)
+            .unwrap();
+        for cuts in [vec![0, 3, 5], vec![0, 1, 4, 5]] {
+            let mut completions = Vec::new();
+            let mut logp = Vec::new();
+            for w in cuts.windows(2) {
+                let part = Part {
+                    first: w[0],
+                    total: 5,
+                };
+                let block = sampler
+                    .sample_part(
+                        &policy,
+                        false,
+                        &ps[w[0]..w[1]],
+                        2,
+                        5,
+                        Some(EOS),
+                        &filtered(),
+                        9,
+                        part,
+                    )
+                    .unwrap();
+                completions.extend(completions_of(&block));
+                logp.extend(
+                    Vec::<f64>::try_from(block.proposal_logp.to_kind(tch::Kind::Double)).unwrap(),
+                );
+            }
+            assert_eq!(
+                completions,
+                completions_of(&whole),
+                "{api:?}, blocks {cuts:?}"
+            );
+            let want =
+                Vec::<f64>::try_from(whole.proposal_logp.to_kind(tch::Kind::Double)).unwrap();
+            // Recomputed by the trainer in other batches (other padding):
+            // equal to rounding.
+            for (a, b) in logp.iter().zip(&want) {
+                assert!(
+                    (a - b).abs() <= 1e-5,
+                    "{api:?}, blocks {cuts:?}: {a} vs {b}"
+                );
+            }
+        }
+        // Not a test that cannot fail: another seed draws other samples.
+        let other = sampler
+            .sample(&policy, &ps, 2, 5, Some(EOS), &filtered(), 10)
+            .unwrap();
+        assert_ne!(completions_of(&other), completions_of(&whole), "{api:?}");
+    }
+}
