@@ -242,13 +242,40 @@ pub struct StageOutcome {
 /// one with the same [`stage_key`]. A stale `out` (of ours) is retrained and
 /// replaced; one this pipeline did not write is refused, untouched. Results
 /// go to `results_dir` only when it trains.
+///
+/// Processes that need the same `out` at once (the jobs of a sweep on a
+/// cluster) train it once: the first holds a lock beside it
+/// (`.<out>.training.lock`, removed when it is done) and the others wait,
+/// then find it trained.
 pub fn ensure_trained(
     m: &RmManifest,
     results_dir: &Path,
     progress: bool,
 ) -> anyhow::Result<StageOutcome> {
-    let out = m.out.path();
     let key = stage_key(m)?;
+    if let Some(cached) = cached(m, &key)? {
+        return Ok(cached);
+    }
+    // `out` and the results directory writable before waiting or training.
+    check_writable_dir(m.out.path()).context("`out`")?;
+    let _lock = StageLock::take(m.out.path())?;
+    // Trained by the process that held the lock before us?
+    if let Some(cached) = cached(m, &key)? {
+        return Ok(cached);
+    }
+    let (outcome, record) = train_stage(m, key, results_dir, progress)?;
+    Ok(StageOutcome {
+        status: StageStatus::Trained,
+        model_dir: m.out.path().to_path_buf(),
+        record,
+        trained: Some(outcome),
+    })
+}
+
+/// The stage's model in `out` when it is there with `key`; `None` (saying
+/// why when `out` holds another) when it must be trained.
+fn cached(m: &RmManifest, key: &StageKey) -> anyhow::Result<Option<StageOutcome>> {
+    let out = m.out.path();
     let state = out_state(out)?;
     if let OutState::Ours(Some(record)) = &state {
         if record.key == key.key && model_files_present(out) {
@@ -257,12 +284,12 @@ pub fn ensure_trained(
                 out.display(),
                 short(&key.key)
             );
-            return Ok(StageOutcome {
+            return Ok(Some(StageOutcome {
                 status: StageStatus::Cached,
                 model_dir: out.to_path_buf(),
                 record: record.clone(),
                 trained: None,
-            });
+            }));
         }
         eprintln!(
             "{}: trained with other settings or inputs (stage key {} ≠ {}); retraining",
@@ -271,13 +298,74 @@ pub fn ensure_trained(
             short(&key.key)
         );
     }
-    let (outcome, record) = train_stage(m, key, results_dir, progress)?;
-    Ok(StageOutcome {
-        status: StageStatus::Trained,
-        model_dir: out.to_path_buf(),
-        record,
-        trained: Some(outcome),
-    })
+    Ok(None)
+}
+
+/// An exclusive lock on training into `out`, held by this process until
+/// dropped (which removes the lock file). A process waiting on the file
+/// its holder removed takes the new one instead. `flock`: local file
+/// systems and NFS share it across machines; Lustre needs `-o flock`.
+struct StageLock {
+    path: PathBuf,
+    _file: std::fs::File,
+}
+
+impl StageLock {
+    fn take(out: &Path) -> anyhow::Result<StageLock> {
+        use std::os::unix::fs::MetadataExt;
+        let name = out
+            .file_name()
+            .with_context(|| format!("{}: `out` needs a directory name", out.display()))?;
+        let parent = match out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+        let path = parent.join(format!(".{}.training.lock", name.to_string_lossy()));
+        let mut said = false;
+        loop {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .with_context(|| format!("opening the lock {}", path.display()))?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    if !said {
+                        eprintln!(
+                            "waiting for another process training the reward model into {} \
+                             (it holds {})",
+                            out.display(),
+                            path.display()
+                        );
+                        said = true;
+                    }
+                    file.lock()
+                        .with_context(|| format!("waiting for the lock {}", path.display()))?;
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(e).with_context(|| format!("locking {}", path.display()))
+                }
+            }
+            // The holder before us removes its file as it lets go: ours is
+            // the lock only if it is still the file at `path`.
+            let current = std::fs::metadata(&path).ok();
+            let mine = file.metadata()?;
+            if current.is_some_and(|c| c.ino() == mine.ino() && c.dev() == mine.dev()) {
+                return Ok(StageLock { path, _file: file });
+            }
+        }
+    }
+}
+
+impl Drop for StageLock {
+    fn drop(&mut self) {
+        // Removed while still locked (the file closes after this).
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// Trains the manifest's reward model (always: this is the explicit

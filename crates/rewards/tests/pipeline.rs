@@ -151,6 +151,46 @@ fn second_call_is_cached_and_does_not_train() {
     assert!(rm.score_texts(&["hello there"], 1).unwrap()[0].is_finite());
 }
 
+/// Two processes (threads here: each holds its own open file, as two
+/// processes would) asking for the same stage at once: one trains while the
+/// other waits for its lock, then reuses its model; no lock file is left.
+#[test]
+fn concurrent_callers_train_the_stage_once() {
+    let s = Setup::new();
+    let before = s.entries();
+    let statuses: Vec<StageStatus> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..2)
+            .map(|i| {
+                let (m, results) = (s.manifest(&[]), s.path(&format!("results-{i}")));
+                scope.spawn(move || ensure_trained(&m, &results, false).unwrap().status)
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let trained = statuses
+        .iter()
+        .filter(|s| **s == StageStatus::Trained)
+        .count();
+    assert_eq!(trained, 1, "{statuses:?}");
+    assert!(statuses.contains(&StageStatus::Cached), "{statuses:?}");
+    let mut want = before;
+    want.push("rm".into());
+    want.push(
+        if s.path("results-0").exists() {
+            "results-0"
+        } else {
+            "results-1"
+        }
+        .into(),
+    );
+    want.sort();
+    assert_eq!(
+        s.entries(),
+        want,
+        "only the model and one results directory"
+    );
+}
+
 #[test]
 fn a_changed_setting_or_input_retrains_and_replaces() {
     let s = Setup::new();
