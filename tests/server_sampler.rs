@@ -179,11 +179,16 @@ fn refreshed_proposals_are_served_from_their_exported_hf_directories() {
         .filter(|r| r.path == "/update_weights_from_disk")
         .map(|r| r.body["model_path"].as_str().unwrap().to_string())
         .collect();
-    assert!(!loads.is_empty(), "no refresh reached the server");
-    for path in &loads {
-        let dir = Path::new(path);
-        assert!(dir.join("config.json").is_file() && dir.join("tokenizer.json").is_file());
-    }
+    assert!(loads.len() >= 2, "refreshes reaching the server: {loads:?}");
+    // The last export is an HF directory; the earlier ones, no longer
+    // served, were removed.
+    let (last, earlier) = loads.split_last().unwrap();
+    let dir = Path::new(last);
+    assert!(dir.join("config.json").is_file() && dir.join("tokenizer.json").is_file());
+    assert!(
+        earlier.iter().all(|d| !Path::new(d).exists()),
+        "{earlier:?}"
+    );
     // The server's log-densities match the trainer's proposal at every step
     // (tolerance 1e-3: a stale server would have stopped the run).
     let mut csv = csv::Reader::from_path(out.join("steps/brain.csv")).unwrap();

@@ -209,7 +209,7 @@ impl<'a> Batcher<'a> {
     pub fn set_proposal(&mut self, proposal: Box<dyn Policy>, version: u64) -> anyhow::Result<()> {
         if let Some(backend) = self.ctx.sampler {
             backend
-                .refresh(proposal.as_ref(), version)
+                .refresh(proposal.as_ref(), version, self.comm)
                 .with_context(|| {
                     format!("the sampler ({}) loading the proposal", backend.describe())
                 })?;

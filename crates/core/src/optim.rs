@@ -329,7 +329,9 @@ impl Optimizer {
     ///
     /// The gradients travel as one flat buffer: with `device`, on the
     /// training device in the gradients' own kind (bf16 in a bf16 run), and
-    /// `device` sums it there (NCCL, for CUDA); else in host memory as f32,
+    /// `device` sums it there (NCCL, for CUDA: its ring rounds each partial
+    /// sum to bf16, so on more than 2 ranks a gradient may differ from the
+    /// host sum in its last bits); else in host memory as f32, rounded once,
     /// summed by `comm`. `device` sums even in a world of one (a check of
     /// that path); without it a world of one has nothing to do.
     pub fn sum_grads(
@@ -632,14 +634,23 @@ mod tests {
     }
 
     /// A [`DeviceSum`] over a world of threads: NCCL's part, on the CPU.
+    /// As NCCL's ring does, it adds the ranks' buffers one at a time, each
+    /// partial sum computed in f32 and rounded to the buffer's kind (bf16:
+    /// one rounding per hop), and every rank ends with the same bits.
     struct ThreadSum<'a>(&'a dyn Comm);
 
     impl DeviceSum for ThreadSum<'_> {
         fn sum_in_place(&self, t: &Tensor) -> anyhow::Result<()> {
-            let mut v = Vec::<f64>::try_from(t.to_kind(Kind::Double)).unwrap();
-            self.0.sum_f64(&mut v);
-            t.shallow_clone()
-                .copy_(&Tensor::from_slice(&v).to_kind(t.kind()));
+            let size = self.0.size();
+            let mine = Vec::<f64>::try_from(t.to_kind(Kind::Double)).unwrap();
+            let all = self.0.gather_f64(&mine, &vec![mine.len(); size]);
+            let kind = t.kind();
+            let part = |r: usize| Tensor::from_slice(&all[r * mine.len()..(r + 1) * mine.len()]);
+            let mut acc = part(0).to_kind(kind);
+            for r in 1..size {
+                acc = (acc.to_kind(Kind::Float) + part(r).to_kind(Kind::Float)).to_kind(kind);
+            }
+            t.shallow_clone().copy_(&acc);
             Ok(())
         }
     }
@@ -746,10 +757,12 @@ mod tests {
         assert_eq!(on_device[1].1, ranks[0].1);
     }
 
-    /// bf16 parameters: the device sum runs in bf16 (half the bytes) and
-    /// gives the bits of the host sum in f32 rounded to bf16 (two bf16
-    /// values add exactly in f32); in a world of one the device path (what
-    /// the GPU check runs through NCCL) is the identity.
+    /// bf16 parameters: the device sum runs in bf16 (half the bytes). On 2
+    /// ranks it gives the bits of the host sum (f32, rounded once to bf16:
+    /// two bf16 values add exactly in f32); on 3 it rounds each partial sum,
+    /// as NCCL does, so it may differ from the host sum in the last bit of
+    /// a gradient, and the ranks still agree. In a world of one the device
+    /// path (what the GPU check runs through NCCL) is the identity.
     #[test]
     fn bf16_gradients_sum_on_the_device_in_bf16() {
         let host = data_parallel(2, false, Kind::BFloat16);
@@ -757,6 +770,22 @@ mod tests {
         assert_eq!(host[0].1, host[1].1);
         assert_eq!(device[0].1, device[1].1);
         assert_eq!(device[0].1, host[0].1, "bf16 device sum ≠ host sum");
+        let host3 = data_parallel(3, false, Kind::BFloat16);
+        let device3 = data_parallel(3, true, Kind::BFloat16);
+        assert!(
+            device3.iter().all(|r| r.1 == device3[0].1),
+            "the 3 ranks differ"
+        );
+        let apart = device3[0]
+            .0
+            .iter()
+            .zip(&host3[0].0)
+            .map(|(a, b)| (a - b).abs() / (1.0 + b.abs()))
+            .fold(0.0, f64::max);
+        eprintln!("3 ranks, bf16: device and host sums end {apart:e} apart");
+        // bf16 has 8 significant bits: a rounding moves a gradient by at
+        // most 2⁻⁸ of itself, and Adam's steps (lr 0.01) by about lr.
+        assert!(apart <= 0.05, "3 ranks: device and host sums {apart} apart");
         let alone = data_parallel(1, false, Kind::BFloat16);
         let alone_device = data_parallel(1, true, Kind::BFloat16);
         assert_eq!(

@@ -31,8 +31,14 @@ pub trait SamplerBackend: Send + Sync {
     ) -> anyhow::Result<SampleBatch>;
 
     /// The proposal is now `policy` (refresh number `version`): whatever
-    /// draws it must serve it from now on.
-    fn refresh(&self, policy: &dyn Policy, version: u64) -> anyhow::Result<()>;
+    /// draws it must serve it from now on. Every rank of `comm` calls it
+    /// (with the same policy); rank 0 alone need tell the servers.
+    fn refresh(
+        &self,
+        policy: &dyn Policy,
+        version: u64,
+        comm: &dyn align_distributed::Comm,
+    ) -> anyhow::Result<()>;
 
     /// One line for `--dry-run` and logs: where samples come from.
     fn describe(&self) -> String;

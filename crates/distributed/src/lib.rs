@@ -115,6 +115,19 @@ pub fn launched() -> Option<(usize, usize)> {
     .find_map(|(size, rank)| Some((var(size)?, var(rank).unwrap_or(0))))
 }
 
+/// This process's index among the ranks on its node, as the launcher says:
+/// Open MPI's `OMPI_COMM_WORLD_LOCAL_RANK`, MPICH's (hydra's)
+/// `MPI_LOCALRANKID`, Slurm's `SLURM_LOCALID`; `None` when none does.
+pub fn local_rank() -> Option<usize> {
+    [
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+        "MPI_LOCALRANKID",
+        "SLURM_LOCALID",
+    ]
+    .iter()
+    .find_map(|name| std::env::var(name).ok()?.trim().parse().ok())
+}
+
 /// Makes `comm` the process's [`world`] (once, before any collective:
 /// `align_mpi::init` calls it when it starts MPI).
 pub fn install(comm: Box<dyn Comm>) -> anyhow::Result<()> {

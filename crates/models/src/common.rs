@@ -322,9 +322,12 @@ impl<M: CausalLm> Policy for CausalModel<M> {
     /// The HF files beside `model.safetensors` (the variable store's names
     /// are HF's): `dir` becomes an HF directory.
     fn export(&self, dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
-        match (&self.recipe, self.vs.variables().values().next()) {
-            (Some(recipe), Some(t)) => recipe.files.write(dir, t.kind()),
-            _ => Ok(Vec::new()),
+        match &self.recipe {
+            Some(recipe) => {
+                let kind = crate::export::kind_of(self.vs.variables().values())?;
+                recipe.files.write(dir, kind)
+            }
+            None => Ok(Vec::new()),
         }
     }
 

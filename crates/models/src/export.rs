@@ -28,12 +28,17 @@ pub enum Companions {
 
 /// The files an HF directory copies from the model's own directory, when
 /// it has them.
-const COPIED: [&str; 5] = [
+const COPIED: [&str; 9] = [
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
     "generation_config.json",
     "chat_template.jinja",
+    // Slow tokenizers' files, for servers that read them.
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
 ];
 
 /// What an HF directory of a model holds besides its weights.
@@ -97,10 +102,22 @@ impl HfFiles {
     /// `weights` (HF's names): `model.safetensors` and [`HfFiles::write`]'s
     /// files.
     pub fn save(&self, dir: &Path, weights: &[(String, Tensor)]) -> anyhow::Result<()> {
-        let kind = weights.first().map_or(Kind::Float, |(_, t)| t.kind());
+        let kind = kind_of(weights.iter().map(|(_, t)| t))?;
         Tensor::write_safetensors(weights, dir.join("model.safetensors"))?;
         self.write(dir, kind)?;
         Ok(())
+    }
+}
+
+/// The one kind of a model's weights (what `config.json` records).
+pub fn kind_of<'a>(weights: impl IntoIterator<Item = &'a Tensor>) -> anyhow::Result<Kind> {
+    let mut kinds = weights.into_iter().map(Tensor::kind);
+    let first = kinds.next().unwrap_or(Kind::Float);
+    match kinds.find(|k| *k != first) {
+        None => Ok(first),
+        Some(other) => anyhow::bail!(
+            "the weights mix {first:?} and {other:?}; an HF directory records one dtype"
+        ),
     }
 }
 

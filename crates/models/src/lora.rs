@@ -623,7 +623,8 @@ impl Policy for LoraModel {
     fn export(&self, dir: &Path) -> anyhow::Result<Vec<String>> {
         let Some(lora) = self.lora() else {
             if self.adapters().is_empty() {
-                let kind = self.inner.model.base_weights()[0].1.kind();
+                let weights = self.inner.model.base_weights();
+                let kind = crate::export::kind_of(weights.iter().map(|(_, t)| t))?;
                 return self.shared.base.files.write(dir, kind);
             }
             self.save_merged(&dir.join("merged"))?;

@@ -253,14 +253,15 @@ pub fn ensure_trained(
     progress: bool,
 ) -> anyhow::Result<StageOutcome> {
     let key = stage_key(m)?;
-    if let Some(cached) = cached(m, &key)? {
+    if let Some(cached) = cached(m, &key, false)? {
         return Ok(cached);
     }
-    // `out` and the results directory writable before waiting or training.
+    // `out` writable before waiting for the lock (and, in `train_stage`,
+    // the results directory before training).
     check_writable_dir(m.out.path()).context("`out`")?;
     let _lock = StageLock::take(m.out.path())?;
     // Trained by the process that held the lock before us?
-    if let Some(cached) = cached(m, &key)? {
+    if let Some(cached) = cached(m, &key, true)? {
         return Ok(cached);
     }
     let (outcome, record) = train_stage(m, key, results_dir, progress)?;
@@ -273,8 +274,8 @@ pub fn ensure_trained(
 }
 
 /// The stage's model in `out` when it is there with `key`; `None` (saying
-/// why when `out` holds another) when it must be trained.
-fn cached(m: &RmManifest, key: &StageKey) -> anyhow::Result<Option<StageOutcome>> {
+/// why, with `say`, when `out` holds another) when it must be trained.
+fn cached(m: &RmManifest, key: &StageKey, say: bool) -> anyhow::Result<Option<StageOutcome>> {
     let out = m.out.path();
     let state = out_state(out)?;
     if let OutState::Ours(Some(record)) = &state {
@@ -291,12 +292,14 @@ fn cached(m: &RmManifest, key: &StageKey) -> anyhow::Result<Option<StageOutcome>
                 trained: None,
             }));
         }
-        eprintln!(
-            "{}: trained with other settings or inputs (stage key {} ≠ {}); retraining",
-            out.display(),
-            short(&record.key),
-            short(&key.key)
-        );
+        if say {
+            eprintln!(
+                "{}: trained with other settings or inputs (stage key {} ≠ {}); retraining",
+                out.display(),
+                short(&record.key),
+                short(&key.key)
+            );
+        }
     }
     Ok(None)
 }
@@ -313,6 +316,9 @@ struct StageLock {
 impl StageLock {
     fn take(out: &Path) -> anyhow::Result<StageLock> {
         use std::os::unix::fs::MetadataExt;
+        // A linked `out` is replaced at its target: lock beside that.
+        let resolved = std::fs::canonicalize(out).ok();
+        let out = resolved.as_deref().unwrap_or(out);
         let name = out
             .file_name()
             .with_context(|| format!("{}: `out` needs a directory name", out.display()))?;

@@ -803,7 +803,7 @@ pub fn bench_step(args: &StepArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     if let Some(t) = args.threads.or(manifest.threads) {
         tch::set_num_threads(t);
     }
-    let device = manifest.device.resolve()?;
+    let device = runner::rank_device(manifest.device.resolve()?, align_distributed::world());
     let task_spec = manifest.task.value.as_ref();
     let model_ctx = ModelContext {
         device,
@@ -957,7 +957,11 @@ pub fn bench_step(args: &StepArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             "iterations": args.iterations,
             "seconds_per_step": step,
             "step_seconds": seconds,
-            "gradient_sum": if device_sum.is_some() { "nccl" } else { "none" },
+            "gradient_sum": match (device_sum.is_some(), world.size() > 1) {
+                (true, _) => "nccl",
+                (false, true) => "host",
+                (false, false) => "none",
+            },
             "phases": phase_medians,
             "phase_seconds": phase_seconds,
             "tokens_per_s": tokens / step,

@@ -82,7 +82,9 @@ pub fn for_run(comm: &dyn Comm, device: Device) -> anyhow::Result<Option<&'stati
     }
     let nccl = Nccl::new(comm, index).with_context(|| {
         format!(
-            "joining NCCL for the gradients of rank {} of {} on cuda:{index}",
+            "joining NCCL for the gradients of rank {} of {} on cuda:{index} (each rank needs a \
+             GPU of its own: start at most as many ranks on a node as it has GPUs, or sum \
+             through host memory with BRAIN_NCCL=off)",
             comm.rank(),
             comm.size()
         )

@@ -142,11 +142,26 @@ pub struct Foundation {
     pub task: Box<dyn align_core::Task>,
 }
 
+/// Data parallel on CUDA: each rank on a GPU of its own, `cuda:L mod G` for
+/// its index `L` among the ranks on its node ([`align_distributed::local_rank`];
+/// its rank when the launcher does not say) and the `G` GPUs it sees. A
+/// world of one, or the CPU, keeps `device`.
+pub fn rank_device(device: tch::Device, comm: &dyn align_distributed::Comm) -> tch::Device {
+    match device {
+        tch::Device::Cuda(0) if comm.size() > 1 => {
+            let gpus = tch::Cuda::device_count().max(1) as usize;
+            let local = align_distributed::local_rank().unwrap_or(comm.rank());
+            tch::Device::Cuda(local % gpus)
+        }
+        other => other,
+    }
+}
+
 /// Builds the manifest's [`Foundation`] on its device. The model comes
 /// first: a text task tokenizes its prompts with the model's tokenizer,
 /// while a toy task tells the model its vocabulary through its spec.
 pub fn foundation(manifest: &Manifest) -> anyhow::Result<Foundation> {
-    let device = manifest.device.resolve()?;
+    let device = rank_device(manifest.device.resolve()?, align_distributed::world());
     let task_spec = manifest.task.value.as_ref();
     let model_ctx = ModelContext {
         device,

@@ -32,9 +32,15 @@ pub struct NcclCheckArgs {
 fn device_index(spec: &str, world: &dyn align_distributed::Comm) -> anyhow::Result<usize> {
     match spec.strip_prefix("cuda") {
         Some("") => {
-            let count = tch::Cuda::device_count() as usize;
-            anyhow::ensure!(count > 0, "no CUDA device is visible to LibTorch");
-            Ok(world.rank() % count)
+            anyhow::ensure!(
+                tch::Cuda::device_count() > 0,
+                "no CUDA device is visible to LibTorch"
+            );
+            // The GPU a training run on this rank uses.
+            match runner::rank_device(Device::Cuda(0), world) {
+                Device::Cuda(i) => Ok(i),
+                _ => unreachable!("a CUDA device stays one"),
+            }
         }
         Some(rest) => rest
             .strip_prefix(':')

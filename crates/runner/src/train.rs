@@ -227,7 +227,9 @@ pub fn train(
 
 /// `loss` (this rank's share of the step's loss) and every metric times this
 /// rank's `share` of the step's prompts, summed over the ranks (into
-/// `metrics`; `loss` among them is the step's loss); returns the step's loss.
+/// `metrics`; `loss` among them is the step's loss), but a largest value (a
+/// name with the word `max`: `server_logp_max_abs_diff`) the largest of the
+/// ranks'; returns the step's loss.
 /// Every rank must log the same metrics in the same order, which rank 0's
 /// list of names checks.
 fn sum_scalars(
@@ -244,12 +246,25 @@ fn sum_scalars(
         "rank {} logs other metrics than rank 0 ({names:?})",
         comm.rank()
     );
+    let mine: Vec<f64> = metrics.iter().map(|(_, v)| v).collect();
     let mut values: Vec<f64> = std::iter::once(loss)
-        .chain(metrics.iter().map(|(_, v)| v * share))
+        .chain(mine.iter().map(|v| v * share))
         .collect();
     comm.sum_f64(&mut values);
-    for (name, v) in names.iter().zip(&values[1..]) {
-        metrics.set(name.as_str(), *v);
+    // A largest value (`…_max…`) is the largest over the ranks, not a mean.
+    let every = comm.gather_f64(&mine, &vec![mine.len(); comm.size()]);
+    for (i, (name, v)) in names.iter().zip(&values[1..]).enumerate() {
+        let is_max = name.split('_').any(|w| w == "max");
+        let value = match is_max {
+            true => every
+                .iter()
+                .skip(i)
+                .step_by(mine.len().max(1))
+                .copied()
+                .fold(f64::NEG_INFINITY, f64::max),
+            false => *v,
+        };
+        metrics.set(name.as_str(), value);
     }
     if metrics.get("loss").is_some() {
         metrics.set("loss", values[0]); // the step's loss, not a mean of the ranks'

@@ -73,7 +73,9 @@ pub struct ProposalConfig {
     /// Where the trainer writes each refresh, `<export_dir>/<proposal_model>-<version>/`:
     /// the PEFT adapter in `adapter/` there for `vllm-lora`, else the whole
     /// model as an HF directory (`config.json`, `model.safetensors`,
-    /// tokenizer files). Each appears only once complete.
+    /// tokenizer files). Each appears only once complete, and with
+    /// `vllm-lora` and `sglang-update-weights` the previous one is removed
+    /// once the servers have loaded the new one (`external` keeps them all).
     pub export_dir: PathBuf,
     /// The same directory as the servers see it (a shared file system mounted
     /// elsewhere); default: `export_dir`.

@@ -156,6 +156,9 @@ pub struct ServerSampler {
     /// Whether a refresh overwrote the weights served as `model` (SGLang).
     prior_replaced: AtomicBool,
     last_report: Mutex<Option<ServerReport>>,
+    /// The directory of the refresh the servers loaded last (rank 0's):
+    /// removed once they have loaded the next one.
+    last_export: Mutex<Option<PathBuf>>,
 }
 
 /// A completion and the index of the server that gave it.
@@ -229,7 +232,8 @@ impl<'a> Call<'a> {
         );
         if let Some(p) = prompts.iter().position(|p| p.ids.is_empty()) {
             anyhow::bail!(
-                "prompt {p} has no tokens: inference servers need at least one (a BOS token)"
+                "prompt {} has no tokens: inference servers need at least one (a BOS token)",
+                first + p
             );
         }
         Ok(Call {
@@ -245,8 +249,10 @@ impl<'a> Call<'a> {
     }
 }
 
-fn describe_prompt(prompts: &[Prompt], p: usize) -> String {
-    let ids = &prompts[p].ids;
+/// Prompt `p` of `call`, named by its place in the whole call.
+fn describe_prompt(call: &Call, p: usize) -> String {
+    let ids = &call.prompts[p].ids;
+    let p = call.first + p;
     let shown: Vec<String> = ids.iter().take(8).map(i64::to_string).collect();
     let more = if ids.len() > 8 { ", …" } else { "" };
     format!("prompt {p} (ids [{}{more}])", shown.join(", "))
@@ -280,6 +286,7 @@ impl ServerSampler {
         Ok(ServerSampler {
             current: Mutex::new(config.model.clone()),
             prior_replaced: AtomicBool::new(false),
+            last_export: Mutex::new(None),
             config,
             client,
             endpoints,
@@ -644,7 +651,7 @@ impl ServerSampler {
                     };
                     s.fatal.get_or_insert(anyhow::anyhow!(
                         "{url} refused the request for {}{hint}: {why}",
-                        describe_prompt(call.prompts, item.prompts[0])
+                        describe_prompt(call, item.prompts[0])
                     ));
                 }
             }
@@ -671,7 +678,7 @@ impl ServerSampler {
         .map_err(|e| {
             anyhow::anyhow!(
                 "{url}: unexpected answer for {}: {}",
-                describe_prompt(call.prompts, item.prompts[0]),
+                describe_prompt(call, item.prompts[0]),
                 e.0
             )
         })?;
@@ -700,7 +707,7 @@ impl ServerSampler {
                 item.short_answers < self.config.retries,
                 "{url}: {} answers in a row left out samples of {} ({} of them)",
                 item.short_answers + 1,
-                describe_prompt(call.prompts, missing[0]),
+                describe_prompt(call, missing[0]),
                 missing.len()
             );
             s.queue.push_back(Item {
@@ -723,7 +730,7 @@ impl ServerSampler {
         j: usize,
         c: &Completion,
     ) -> anyhow::Result<()> {
-        let what = || format!("{url}: sample {j} of {}", describe_prompt(call.prompts, p));
+        let what = || format!("{url}: sample {j} of {}", describe_prompt(call, p));
         if let Some(&t) = c.tokens.iter().find(|&&t| t < 0 || t >= call.vocab) {
             anyhow::bail!(
                 "{}: token {t} is outside the policy's vocabulary of {} (does the server serve the same model?)",
@@ -865,7 +872,7 @@ impl ServerSampler {
                  model `{}`: check that it loaded the same weights (after a refresh: `proposal.reload`), and that \
                  `logprobs_mode` (`{}`) is what the server reports (vLLM: `--logprobs-mode processed_logprobs` or `raw_logprobs`)",
                 self.endpoints[served_by[row]],
-                describe_prompt(call.prompts, p),
+                describe_prompt(call, p),
                 server[row],
                 trainer[row],
                 completions[row].0.tokens.len(),
@@ -900,20 +907,32 @@ impl ServerSampler {
     /// has every server load it (`proposal.reload`); later
     /// [`ServerSampler::sample`] calls ask for it. Returns the export directory.
     ///
-    /// Data parallel (`mpiexec`): rank 0 alone exports and has the servers
-    /// load it (every rank holds the same proposal); the others wait for it,
-    /// then ask for what it loaded.
-    pub fn refresh(&self, policy: &dyn Policy, version: u64) -> anyhow::Result<PathBuf> {
+    /// Data parallel (`comm` of several ranks): rank 0 alone exports and has
+    /// the servers load it (every rank holds the same proposal); the others
+    /// wait for its outcome, then ask for what it loaded (or stop with it).
+    pub fn refresh(
+        &self,
+        policy: &dyn Policy,
+        version: u64,
+        comm: &dyn align_distributed::Comm,
+    ) -> anyhow::Result<PathBuf> {
         let p = self.config.proposal.as_ref().context(
             "proposal refreshes need a `proposal` table (proposal_model, export_dir, reload) in the server settings",
         )?;
         let name = format!("{}-{version}", p.proposal_model);
         let dir = p.export_dir.join(&name);
-        let world = align_distributed::world();
-        align_distributed::root_first(|| match world.is_root() {
+        let done = match comm.is_root() {
             true => self.export_and_load(policy, p, &name, &dir),
             false => Ok(()),
-        })?;
+        };
+        let mut ok = [u8::from(done.is_ok())];
+        comm.broadcast(&mut ok);
+        done?;
+        anyhow::ensure!(
+            ok[0] == 1,
+            "rank 0 could not export refresh {version} of the proposal or have the servers load it \
+             (its error says why)"
+        );
         let served = match p.reload {
             Reload::VllmLora => name,
             Reload::SglangUpdateWeights => {
@@ -1015,7 +1034,23 @@ impl ServerSampler {
                     )?;
                 }
             }
-            Reload::External => {}
+            // The tooling outside may still read the older ones: all kept.
+            Reload::External => return Ok(()),
+        }
+        // The servers hold the new proposal and no longer read the previous
+        // one (a full model per refresh would otherwise pile up).
+        let previous = self
+            .last_export
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(dir.to_path_buf());
+        if let Some(old) = previous.filter(|old| old != dir) {
+            if let Err(e) = std::fs::remove_dir_all(&old) {
+                eprintln!(
+                    "server-sampler: could not remove the previous export {}: {e}",
+                    old.display()
+                );
+            }
         }
         Ok(())
     }

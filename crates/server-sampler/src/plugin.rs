@@ -38,8 +38,13 @@ impl SamplerBackend for ServerSampler {
         )
     }
 
-    fn refresh(&self, policy: &dyn Policy, version: u64) -> anyhow::Result<()> {
-        ServerSampler::refresh(self, policy, version).map(|_| ())
+    fn refresh(
+        &self,
+        policy: &dyn Policy,
+        version: u64,
+        comm: &dyn align_distributed::Comm,
+    ) -> anyhow::Result<()> {
+        ServerSampler::refresh(self, policy, version, comm).map(|_| ())
     }
 
     fn describe(&self) -> String {

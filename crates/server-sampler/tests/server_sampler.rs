@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use align_core::logprob::{policy_logprobs, sampling_logprobs};
 use align_core::task::Prompt;
 use align_core::SamplingConfig;
+use align_distributed::Single;
 use common::{closed_port_url, served, Action, Options, StandIn, TinyPolicy, Weights};
 use server_sampler::{
     Api, LogprobsMode, OnDisagreement, ProposalConfig, Reload, ServerSampler, ServerSamplerConfig,
@@ -518,11 +519,13 @@ fn a_refresh_loads_the_exported_adapter_and_samples_from_it() {
     });
     let sampler = ServerSampler::new(c).unwrap();
     assert_eq!(sampler.served_model(), "tiny");
-    let exported = sampler.refresh(&policy, 1).unwrap();
+    let exported = sampler.refresh(&policy, 1, &Single).unwrap();
     assert_eq!(exported, dir.path().join("proposal-1"));
     assert!(exported.join("adapter/weights.txt").exists());
-    sampler.refresh(&policy, 2).unwrap();
+    sampler.refresh(&policy, 2, &Single).unwrap();
     assert_eq!(sampler.served_model(), "proposal-2");
+    assert!(!exported.exists(), "the unloaded adapter's export was kept");
+    assert!(dir.path().join("proposal-2/adapter").is_dir());
     let ps = prompts(2);
     sampler
         .sample(&policy, &ps, 1, 3, Some(EOS), &filtered(), 1)
@@ -558,7 +561,7 @@ fn a_refresh_loads_the_exported_adapter_and_samples_from_it() {
 
     // A policy without an adapter cannot be loaded as one.
     let plain = TinyPolicy::new(Weights::random(11));
-    let err = format!("{:#}", sampler.refresh(&plain, 3).unwrap_err());
+    let err = format!("{:#}", sampler.refresh(&plain, 3, &Single).unwrap_err());
     assert!(
         err.contains("has none") && err.contains("lora") && err.contains("sglang-update-weights"),
         "{err}"
@@ -585,7 +588,7 @@ fn a_sglang_refresh_loads_the_whole_model_from_disk() {
         reload: Reload::SglangUpdateWeights,
     });
     let sampler = ServerSampler::new(c).unwrap();
-    let exported = sampler.refresh(&policy, 4).unwrap();
+    let exported = sampler.refresh(&policy, 4, &Single).unwrap();
     assert_eq!(exported, dir.path().join("exports/proposal-4"));
     assert!(exported.join("config.json").is_file());
     let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("exports"))
@@ -594,7 +597,7 @@ fn a_sglang_refresh_loads_the_whole_model_from_disk() {
         .collect();
     assert_eq!(leftovers, ["proposal-4"], "no temporary directory left");
     // Redone (a resumed run refreshes again): replaced.
-    sampler.refresh(&policy, 4).unwrap();
+    sampler.refresh(&policy, 4, &Single).unwrap();
     for s in &servers {
         let log = s.requests();
         assert_eq!(log.len(), 2, "one load per refresh");
@@ -607,6 +610,10 @@ fn a_sglang_refresh_loads_the_whole_model_from_disk() {
         }
     }
     assert_eq!(sampler.served_model(), "tiny");
+    // The next refresh replaces the previous export on disk.
+    let next = sampler.refresh(&policy, 6, &Single).unwrap();
+    assert!(next.join("config.json").is_file());
+    assert!(!exported.exists(), "the previous export was kept");
     let ps = prompts(2);
     sampler
         .sample(&policy, &ps, 1, 3, Some(EOS), &filtered(), 1)
@@ -619,7 +626,7 @@ fn a_sglang_refresh_loads_the_whole_model_from_disk() {
 
     // A policy with no HF form is refused, nothing left on disk.
     let plain = TinyPolicy::new(Weights::random(11));
-    let err = format!("{:#}", sampler.refresh(&plain, 5).unwrap_err());
+    let err = format!("{:#}", sampler.refresh(&plain, 5, &Single).unwrap_err());
     assert!(err.contains("no HF form"), "{err}");
     assert!(!dir.path().join("exports/proposal-5").exists());
 }
