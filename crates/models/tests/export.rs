@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use align_core::manifest::Optimizer as OptimizerKind;
 use align_core::optim::Optimizer;
@@ -177,27 +177,11 @@ fn gguf_models_save_with_their_rebuilt_tokenizer() {
     ));
 }
 
-/// The PyTorch environment's Python, when it has transformers (set-up
-/// installs it there).
-fn python_with_transformers() -> Option<PathBuf> {
-    let venv = std::env::var_os("BRAIN_RS_TORCH_VENV")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/brain-rs/torch-2.11.0"))
-        })?;
-    let python = venv.join("bin/python");
-    let ok = std::process::Command::new(&python)
-        .args(["-c", "import transformers"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    ok.then_some(python)
-}
-
 /// transformers' `AutoModelForCausalLM.from_pretrained` loads the saved
 /// directories and computes the logits we compute for the trained model.
 #[test]
 fn transformers_loads_the_saved_directories() {
-    let Some(python) = python_with_transformers() else {
+    let Some(python) = common::torch_python("transformers") else {
         eprintln!(
             "SKIPPED transformers_loads_the_saved_directories: no transformers in the PyTorch \
              environment (`cargo xtask setup` installs it)"

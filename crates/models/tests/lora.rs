@@ -627,28 +627,13 @@ fn lora_settings_are_checked() {
     assert!(parse(r#"{"rnak": 4}"#).unwrap_err().contains("rnak"));
 }
 
-/// The PyTorch environment's Python, when it has `peft` (set-up does not
-/// install it: `~/.cache/brain-rs/torch-2.11.0/bin/python -m pip install peft`).
-fn python_with_peft() -> Option<std::path::PathBuf> {
-    let venv = std::env::var_os("BRAIN_RS_TORCH_VENV")
-        .map(std::path::PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .map(|h| std::path::PathBuf::from(h).join(".cache/brain-rs/torch-2.11.0"))
-        })?;
-    let python = venv.join("bin/python");
-    let ok = std::process::Command::new(&python)
-        .args(["-c", "import peft, transformers"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    ok.then_some(python)
-}
-
 /// PEFT itself loads the saved adapter onto the base model (transformers'
 /// Llama) and gives the logits this crate computes for the adapted model.
 #[test]
 fn peft_loads_the_saved_adapter_to_the_same_logits() {
-    let Some(python) = python_with_peft() else {
+    // Set-up does not install peft:
+    // `~/.cache/brain-rs/torch-2.11.0/bin/python -m pip install peft`.
+    let Some(python) = common::torch_python("peft, transformers") else {
         eprintln!(
             "SKIPPED peft_loads_the_saved_adapter_to_the_same_logits: no `peft` in the PyTorch \
              environment (`~/.cache/brain-rs/torch-2.11.0/bin/python -m pip install peft`)"

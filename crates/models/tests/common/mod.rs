@@ -94,3 +94,20 @@ pub fn edit_weights(dir: &std::path::Path, edit: impl FnOnce(&mut Vec<(String, T
     edit(&mut tensors);
     Tensor::write_safetensors(&tensors, &p).unwrap();
 }
+
+/// The PyTorch environment's Python (`BRAIN_RS_TORCH_VENV`, else set-up's
+/// `~/.cache/brain-rs/torch-2.11.0`), when it can import every module of
+/// `modules` (comma-separated, as `import` takes them).
+pub fn torch_python(modules: &str) -> Option<PathBuf> {
+    let venv = std::env::var_os("BRAIN_RS_TORCH_VENV")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/brain-rs/torch-2.11.0"))
+        })?;
+    let python = venv.join("bin/python");
+    let ok = std::process::Command::new(&python)
+        .args(["-c", &format!("import {modules}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    ok.then_some(python)
+}
