@@ -25,6 +25,8 @@
 //!   the rounding grows to 0.06 as well.
 //! - Every step's mean reward over every candidate the ranks drew is the
 //!   single process's (to 1e-12): the shards cover the step's work once.
+//! - The ranks share each evaluation's held-out sampling; rank 0's judged
+//!   samples are the single process's, byte for byte.
 //! - A 2-rank run killed with SIGKILL inside a step resumes from rank 0's
 //!   checkpoint, on 2 ranks, to the uninterrupted 2-rank run's results; and
 //!   on another number of ranks (2 → 1 and 1 → 2) to the same weights.
@@ -73,6 +75,11 @@ seed = 7
 tau = 1.0
 
 [evaluators.exact-kl]
+[evaluators.reward-stats]
+
+[eval]
+samples = 3
+batch_prompts = 1
 
 [train]
 steps = 30
@@ -292,6 +299,19 @@ fn two_ranks_train_as_one_process_on_the_combined_batch() {
         // shares are powers of two.
         let tolerance = if per_step == "4" { 0.0 } else { TOLERANCE };
         same_training(&one, &dp, &runs, tolerance, &what);
+        if per_step == "4" {
+            // The ranks share every evaluation's held-out sampling (a batch
+            // of one prompt each here, two a rank) and rank 0 judges: with
+            // the single process's weights, its judged samples, byte for byte.
+            for file in ["prior", "brain", "rloo", "rso"] {
+                let file = format!("samples/{file}.jsonl");
+                let (a, b) = (
+                    std::fs::read(one.join(&file)).unwrap(),
+                    std::fs::read(dp.join(&file)).unwrap(),
+                );
+                assert!(!a.is_empty() && a == b, "{what}: {file} differs");
+            }
+        }
         // The comparison is of trained weights, not of two untouched priors:
         // two estimators from one prior end apart.
         let apart = max_diff(&weights(&dp, "brain"), &weights(&dp, "rloo"));

@@ -123,6 +123,25 @@ impl HeldOut {
         config: &EvalConfig,
         seed: u64,
     ) -> anyhow::Result<HeldOut> {
+        Ok(
+            Self::draw_shared(ctx, policy, config, seed, &align_distributed::Single)?
+                .expect("a world of one is its own rank 0"),
+        )
+    }
+
+    /// [`HeldOut::draw`] with the sampling shared by `comm`'s ranks (every
+    /// rank calls it, with the same policy): each samples its block of the
+    /// draw's batches of `batch_prompts` prompts (each seeded by where it
+    /// starts), and rank 0 gathers them, in order, into the single
+    /// process's draw, bit for bit, and finishes it (gold, texts, prior
+    /// log-densities). Rank 0 gets the draw, the others `None`.
+    pub fn draw_shared(
+        ctx: &EvalContext,
+        policy: &dyn Policy,
+        config: &EvalConfig,
+        seed: u64,
+        comm: &dyn align_distributed::Comm,
+    ) -> anyhow::Result<Option<HeldOut>> {
         let all = ctx.task.eval_prompts();
         anyhow::ensure!(
             !all.is_empty(),
@@ -136,12 +155,14 @@ impl HeldOut {
             top_p: None,
         };
         let _guard = tch::no_grad_guard();
+        let chunks: Vec<&[Prompt]> = prompts.chunks(config.batch_prompts).collect();
+        let mine = align_distributed::shard(chunks.len(), comm.rank(), comm.size());
         let mut parts = Vec::new();
-        for (i, chunk) in prompts.chunks(config.batch_prompts).enumerate() {
+        for i in mine {
             let start = i * config.batch_prompts;
             let mut b = sample(
                 policy,
-                chunk,
+                chunks[i],
                 config.samples,
                 ctx.task.max_new_tokens(),
                 ctx.task.eos_token(),
@@ -153,7 +174,18 @@ impl HeldOut {
             }
             parts.push(b);
         }
-        let mut batch = parts
+        let mine = parts.into_iter().reduce(|a, b| SampleBatch::cat(&a, &b));
+        let gathered = if comm.size() > 1 {
+            gather_batches(comm, mine.as_ref(), ctx.device)
+        } else {
+            mine.into_iter().collect()
+        };
+        if !comm.is_root() {
+            return Ok(None);
+        }
+        // Right-padding to the wider batch: the blocks' concatenation is
+        // the concatenation of every batch in order.
+        let mut batch = gathered
             .into_iter()
             .reduce(|a, b| SampleBatch::cat(&a, &b))
             .expect("at least one prompt");
@@ -169,14 +201,14 @@ impl HeldOut {
             batch.decode_texts(codec)?;
         }
         let prior_logp = policy_logprobs(ctx.prior, &batch).to_kind(Kind::Double);
-        Ok(HeldOut {
+        Ok(Some(HeldOut {
             prompts,
             policy_logp: batch.model_logp.to_kind(Kind::Double),
             prior_logp,
             batch,
             gold,
             on_policy: config.temperature == 1.0,
-        })
+        }))
     }
 
     /// Number of completions `N`.
@@ -195,6 +227,78 @@ impl HeldOut {
         let rows: Vec<i64> = self.batch.prompt_index.iter().map(|&i| i as i64).collect();
         Some(gold.select_rows(&Tensor::from_slice(&rows)))
     }
+}
+
+/// Every rank's `batch` (untexted; `None`: it drew none) at every rank, in
+/// rank order, on `device`: tokens and log-densities travel as f64 (ids
+/// below 2⁵³ and f32 values exactly).
+fn gather_batches(
+    comm: &dyn align_distributed::Comm,
+    batch: Option<&SampleBatch>,
+    device: Device,
+) -> Vec<SampleBatch> {
+    let to_f64 = |t: &Tensor| {
+        Vec::<f64>::try_from(t.to_device(Device::Cpu).to_kind(Kind::Double).reshape([-1]))
+            .expect("f64 values")
+    };
+    // [rows, width, ids, attention, completion, prompt index, proposal, model]
+    let mine: Vec<f64> = match batch {
+        None => Vec::new(),
+        Some(b) => {
+            let (rows, width) = b.input_ids.size2().expect("[B, T] ids");
+            let mut v = vec![rows as f64, width as f64];
+            v.extend(to_f64(&b.input_ids));
+            v.extend(to_f64(&b.attention_mask));
+            v.extend(to_f64(&b.completion_mask));
+            v.extend(b.prompt_index.iter().map(|&i| i as f64));
+            v.extend(to_f64(&b.proposal_logp));
+            v.extend(to_f64(&b.model_logp));
+            v
+        }
+    };
+    let size = comm.size();
+    let lengths = comm.gather_f64(&[mine.len() as f64], &vec![1; size]);
+    let counts: Vec<usize> = lengths.iter().map(|&n| n as usize).collect();
+    let all = comm.gather_f64(&mine, &counts);
+    let mut out = Vec::new();
+    let mut at = 0;
+    for n in counts {
+        let v = &all[at..at + n];
+        at += n;
+        if v.is_empty() {
+            continue;
+        }
+        let (rows, width) = (v[0] as usize, v[1] as usize);
+        let mut next = 2;
+        let mut take = |len: usize| {
+            let s = &v[next..next + len];
+            next += len;
+            s
+        };
+        let matrix = |s: &[f64]| {
+            Tensor::from_slice(s)
+                .to_kind(Kind::Int64)
+                .view([rows as i64, width as i64])
+                .to_device(device)
+        };
+        let vector = |s: &[f64]| Tensor::from_slice(s).to_kind(Kind::Float).to_device(device);
+        let input_ids = matrix(take(rows * width));
+        let attention_mask = matrix(take(rows * width));
+        let completion_mask = matrix(take(rows * width));
+        let prompt_index = take(rows).iter().map(|&i| i as usize).collect();
+        let proposal_logp = vector(take(rows));
+        let model_logp = vector(take(rows));
+        out.push(SampleBatch {
+            input_ids,
+            attention_mask,
+            completion_mask,
+            prompt_index,
+            proposal_logp,
+            model_logp,
+            texts: None,
+        });
+    }
+    out
 }
 
 /// What an evaluator found.
@@ -261,5 +365,168 @@ pub trait Evaluator: Send + Sync {
     /// posterior), as `(row name, metrics)`.
     fn reference_rows(&self, _ctx: &EvalContext) -> anyhow::Result<Vec<(String, Metrics)>> {
         Ok(Vec::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A bigram policy over 5 tokens that counts the rows it is run on.
+    struct Bigram {
+        vs: tch::nn::VarStore,
+        table: Tensor,
+        rows: AtomicUsize,
+    }
+
+    impl Bigram {
+        fn new() -> Bigram {
+            let values: Vec<f32> = (0..25).map(|i| ((i * 7) % 11) as f32 / 4.0).collect();
+            Bigram {
+                vs: tch::nn::VarStore::new(Device::Cpu),
+                table: Tensor::from_slice(&values).view([5, 5]),
+                rows: AtomicUsize::new(0),
+            }
+        }
+    }
+
+    impl Policy for Bigram {
+        fn forward(&self, ids: &Tensor, _mask: &Tensor) -> Tensor {
+            let (b, t) = ids.size2().unwrap();
+            self.rows.fetch_add(b as usize, Ordering::Relaxed);
+            self.table.index_select(0, &ids.view([-1])).view([b, t, 5])
+        }
+        fn vocab_size(&self) -> i64 {
+            5
+        }
+        fn var_store(&self) -> &tch::nn::VarStore {
+            &self.vs
+        }
+        fn var_store_mut(&mut self) -> &mut tch::nn::VarStore {
+            &mut self.vs
+        }
+    }
+
+    struct Prompts(Vec<Prompt>);
+
+    impl Task for Prompts {
+        fn train_prompts(&self) -> &[Prompt] {
+            &self.0
+        }
+        fn eval_prompts(&self) -> &[Prompt] {
+            &self.0
+        }
+        fn max_new_tokens(&self) -> i64 {
+            4
+        }
+    }
+
+    struct Zero;
+
+    impl RewardModel for Zero {
+        fn score(&self, batch: &SampleBatch) -> anyhow::Result<Tensor> {
+            Ok(Tensor::zeros(
+                [batch.len() as i64],
+                (Kind::Float, Device::Cpu),
+            ))
+        }
+    }
+
+    impl GoodnessModel for Zero {
+        fn log_goodness(&self, reward: &Tensor, _: Option<&Tensor>) -> anyhow::Result<Tensor> {
+            Ok(reward.shallow_clone())
+        }
+    }
+
+    fn task() -> Prompts {
+        Prompts(
+            (0..7)
+                .map(|i| Prompt {
+                    // Lengths 1 to 3: the batches pad to different widths.
+                    ids: (0..1 + i % 3).map(|t| ((i + t) % 5) as i64).collect(),
+                    text: None,
+                })
+                .collect(),
+        )
+    }
+
+    fn config() -> EvalConfig {
+        EvalConfig {
+            samples: 2,
+            batch_prompts: 2, // 4 batches of the 7 prompts
+            ..EvalConfig::default()
+        }
+    }
+
+    /// Three ranks (threads) share a held-out draw: rank 0 gets the single
+    /// process's draw bit for bit, the others nothing, and every rank
+    /// sampled (its block of the 4 batches: 1, 1 and 2).
+    #[test]
+    fn ranks_share_a_held_out_draw_into_the_single_process_one() {
+        let task = task();
+        let prior = Bigram::new();
+        let ctx = |prior| EvalContext {
+            task: &task,
+            prior,
+            reward: &Zero,
+            goodness: &Zero,
+            codec: None,
+            device: Device::Cpu,
+        };
+        let alone = Bigram::new();
+        let want = HeldOut::draw(&ctx(&prior), &alone, &config(), 11).unwrap();
+        assert_eq!(want.len(), 14);
+        let got: Vec<(Option<HeldOut>, usize)> = std::thread::scope(|s| {
+            let handles: Vec<_> = align_distributed::local::group(3)
+                .into_iter()
+                .map(|comm| {
+                    let task = &task;
+                    s.spawn(move || {
+                        let (prior, policy) = (Bigram::new(), Bigram::new());
+                        let ctx = EvalContext {
+                            task,
+                            prior: &prior,
+                            reward: &Zero,
+                            goodness: &Zero,
+                            codec: None,
+                            device: Device::Cpu,
+                        };
+                        let h = HeldOut::draw_shared(&ctx, &policy, &config(), 11, &comm).unwrap();
+                        (h, policy.rows.load(Ordering::Relaxed))
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let alone_rows = alone.rows.load(Ordering::Relaxed);
+        for (rank, (_, rows)) in got.iter().enumerate() {
+            assert!(
+                *rows > 0 && *rows < alone_rows,
+                "rank {rank} ran {rows} rows, one process {alone_rows}"
+            );
+        }
+        assert!(got[1].0.is_none() && got[2].0.is_none());
+        let h = got[0].0.as_ref().expect("rank 0 holds the draw");
+        assert_eq!(h.batch.prompt_index, want.batch.prompt_index);
+        for (a, b, what) in [
+            (&h.batch.input_ids, &want.batch.input_ids, "ids"),
+            (&h.batch.attention_mask, &want.batch.attention_mask, "mask"),
+            (
+                &h.batch.completion_mask,
+                &want.batch.completion_mask,
+                "completion",
+            ),
+            (
+                &h.batch.proposal_logp,
+                &want.batch.proposal_logp,
+                "proposal",
+            ),
+            (&h.policy_logp, &want.policy_logp, "policy"),
+            (&h.prior_logp, &want.prior_logp, "prior"),
+        ] {
+            assert!(a.kind() == b.kind() && a.equal(b), "{what} differs");
+        }
     }
 }

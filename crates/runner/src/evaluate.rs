@@ -1,6 +1,7 @@
-//! One evaluation point: draw the policy's held-out completions once, let
-//! every evaluator judge them, and keep each judged completion as a record
-//! for `samples/<run>.jsonl` (what the tables are recomputed from).
+//! One evaluation point: draw the policy's held-out completions once (the
+//! ranks of a data-parallel run share the drawing), let every evaluator
+//! judge them, and keep each judged completion as a record for
+//! `samples/<run>.jsonl` (what the tables are recomputed from).
 
 use std::collections::BTreeMap;
 
@@ -26,22 +27,31 @@ pub struct Point<'a> {
     pub step: usize,
 }
 
+/// Evaluates `policy` at `at`. Data parallel, every rank calls it: the
+/// ranks share the held-out sampling ([`HeldOut::draw_shared`]), and rank 0
+/// alone judges; the others get nothing back.
 pub fn evaluate(
     manifest: &Manifest,
     ctx: &EvalContext,
     policy: &dyn Policy,
     at: &Point,
 ) -> anyhow::Result<Judged> {
+    let comm = align_distributed::world();
     let needs_held_out = manifest.evaluators.iter().any(|e| e.value.needs_held_out());
     let held_out = if needs_held_out {
         let seed = at.seed.wrapping_add(manifest.eval.seed);
-        Some(
-            HeldOut::draw(ctx, policy, &manifest.eval, seed)
-                .context("drawing held-out completions")?,
-        )
+        HeldOut::draw_shared(ctx, policy, &manifest.eval, seed, comm)
+            .context("drawing held-out completions")?
     } else {
         None
     };
+    if !comm.is_root() {
+        return Ok(Judged {
+            metrics: Metrics::new(),
+            columns: Vec::new(),
+            records: Vec::new(),
+        });
+    }
     let mut all = Evaluation::default();
     for e in &manifest.evaluators {
         let found = e

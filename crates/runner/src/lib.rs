@@ -297,18 +297,34 @@ fn run_in(manifest: &Manifest, out_dir: &Path, progress: bool) -> anyhow::Result
         if let Some(c) = &shared_samples {
             c.clear(); // another seed's draws are never asked for again
         }
-        // Rank 0 alone evaluates the prior and writes the results.
+        // The prior's evaluation: the ranks share its held-out sampling
+        // when rank 0 (which alone judges and writes) has none saved.
+        let prior_dir = checkpoint::dir(out_dir, "prior", seed);
+        let saved = match root {
+            true => checkpoint::load_finished(&prior_dir)?,
+            false => None,
+        };
+        let mut evaluate_prior = [u8::from(saved.is_none())];
+        align_distributed::world().broadcast(&mut evaluate_prior);
+        let at = evaluate::Point {
+            run: "prior",
+            seed,
+            step: 0,
+        };
+        let judged = match evaluate_prior[0] {
+            1 => Some(evaluate::evaluate(
+                manifest,
+                &eval_ctx,
+                prior.as_ref(),
+                &at,
+            )?),
+            _ => None,
+        };
         if root {
-            let prior_dir = checkpoint::dir(out_dir, "prior", seed);
-            let done = match checkpoint::load_finished(&prior_dir)? {
-                Some(done) => done,
-                None => {
-                    let at = evaluate::Point {
-                        run: "prior",
-                        seed,
-                        step: 0,
-                    };
-                    let judged = evaluate::evaluate(manifest, &eval_ctx, prior.as_ref(), &at)?;
+            let done = match (saved, judged) {
+                (Some(done), _) => done,
+                (None, judged) => {
+                    let judged = judged.expect("rank 0 evaluated the prior");
                     let done = checkpoint::Finished {
                         record: record("prior", "-", seed, 0, 0.0, &judged, vec![0]),
                         samples: judged.records,
@@ -462,8 +478,17 @@ fn train_run(
     };
     let mut trained =
         train::train(s, policy.as_mut(), start, &mut hooks, progress).context("training")?;
+    let at = evaluate::Point {
+        run: &run.name,
+        seed,
+        step: trained.step,
+    };
+    // Every rank samples its share of the held-out completions; rank 0
+    // judges them.
+    let mut judged =
+        evaluate::evaluate(manifest, eval_ctx, policy.as_ref(), &at).context("evaluating")?;
     if !align_distributed::world().is_root() {
-        // Rank 0 evaluates the trained policy and keeps it; the others only train.
+        // Rank 0 keeps the trained policy and its evaluation; the others only train.
         let record = RunRecord {
             run: run.name.clone(),
             estimator: run.estimator.plugin.clone(),
@@ -482,13 +507,6 @@ fn train_run(
             metrics: Metrics::new(),
         });
     }
-    let at = evaluate::Point {
-        run: &run.name,
-        seed,
-        step: trained.step,
-    };
-    let mut judged =
-        evaluate::evaluate(manifest, eval_ctx, policy.as_ref(), &at).context("evaluating")?;
     if manifest.train.eval_every > 0 || trained.stopped {
         if let Some((_, last)) = trained.log.last_mut() {
             last.extend(&judged.metrics);

@@ -12,8 +12,9 @@
 //! optimizer step the shares' gradients and losses are summed, which is the
 //! single process's step (to rounding), the same bits on every rank (on
 //! CUDA through NCCL, in the gradients' kind: [`crate::grad_sum`]); the
-//! metrics are summed weighted by the ranks' shares of the prompts. Rank 0
-//! alone evaluates and checkpoints; each run ends with the ranks comparing a
+//! metrics are summed weighted by the ranks' shares of the prompts. The
+//! ranks share the held-out sampling of each evaluation; rank 0 alone judges
+//! and checkpoints; each run ends with the ranks comparing a
 //! hash of their weights.
 
 use align_core::batcher::{BatchContext, Batcher};
@@ -190,12 +191,10 @@ pub fn train(
             }
         }
 
-        // The final evaluation is the caller's; rank 0 alone evaluates.
-        if train.eval_every > 0
-            && (step + 1) % train.eval_every == 0
-            && step + 1 < s.run.steps
-            && comm.is_root()
-        {
+        // The final evaluation is the caller's. Every rank samples its share
+        // of the held-out completions; rank 0 alone judges (the others' are
+        // empty).
+        if train.eval_every > 0 && (step + 1) % train.eval_every == 0 && step + 1 < s.run.steps {
             metrics.extend(&hooks.evaluate(policy, step + 1)?);
         }
         progress.log.push((step + 1, metrics));
