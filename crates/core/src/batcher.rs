@@ -674,6 +674,7 @@ impl EpochOrder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_policies::Counting;
 
     fn prompt(id: i64) -> Prompt {
         Prompt {
@@ -705,55 +706,6 @@ mod tests {
                 vec![22, 22]
             ]
         );
-    }
-
-    /// A bigram model that counts the forward passes made through it.
-    struct Counting {
-        vs: tch::nn::VarStore,
-        table: Tensor,
-        forwards: std::sync::atomic::AtomicUsize,
-    }
-
-    impl Counting {
-        fn new() -> Counting {
-            tch::manual_seed(5);
-            Counting {
-                vs: tch::nn::VarStore::new(Device::Cpu),
-                table: Tensor::randn([4, 4], (Kind::Float, Device::Cpu)),
-                forwards: Default::default(),
-            }
-        }
-
-        /// A fixed `[4, 4]` table (no global generator: threads build it too).
-        fn with_table(table: Tensor) -> Counting {
-            Counting {
-                vs: tch::nn::VarStore::new(Device::Cpu),
-                table: table.view([4, 4]),
-                forwards: Default::default(),
-            }
-        }
-
-        fn forwards(&self) -> usize {
-            self.forwards.load(std::sync::atomic::Ordering::Relaxed)
-        }
-    }
-
-    impl Policy for Counting {
-        fn forward(&self, ids: &Tensor, _mask: &Tensor) -> Tensor {
-            self.forwards
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let (b, t) = ids.size2().unwrap();
-            self.table.index_select(0, &ids.view([-1])).view([b, t, 4])
-        }
-        fn vocab_size(&self) -> i64 {
-            4
-        }
-        fn var_store(&self) -> &tch::nn::VarStore {
-            &self.vs
-        }
-        fn var_store_mut(&mut self) -> &mut tch::nn::VarStore {
-            &mut self.vs
-        }
     }
 
     struct Pairs {

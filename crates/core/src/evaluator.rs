@@ -370,43 +370,12 @@ pub trait Evaluator: Send + Sync {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
     use super::*;
+    use crate::test_policies::Counting;
 
-    /// A bigram policy over 5 tokens that counts the rows it is run on.
-    struct Bigram {
-        vs: tch::nn::VarStore,
-        table: Tensor,
-        rows: AtomicUsize,
-    }
-
-    impl Bigram {
-        fn new() -> Bigram {
-            let values: Vec<f32> = (0..25).map(|i| ((i * 7) % 11) as f32 / 4.0).collect();
-            Bigram {
-                vs: tch::nn::VarStore::new(Device::Cpu),
-                table: Tensor::from_slice(&values).view([5, 5]),
-                rows: AtomicUsize::new(0),
-            }
-        }
-    }
-
-    impl Policy for Bigram {
-        fn forward(&self, ids: &Tensor, _mask: &Tensor) -> Tensor {
-            let (b, t) = ids.size2().unwrap();
-            self.rows.fetch_add(b as usize, Ordering::Relaxed);
-            self.table.index_select(0, &ids.view([-1])).view([b, t, 5])
-        }
-        fn vocab_size(&self) -> i64 {
-            5
-        }
-        fn var_store(&self) -> &tch::nn::VarStore {
-            &self.vs
-        }
-        fn var_store_mut(&mut self) -> &mut tch::nn::VarStore {
-            &mut self.vs
-        }
+    /// A fixed bigram table (the same in every thread).
+    fn bigram() -> Counting {
+        Counting::with_table((Tensor::arange(16, (Kind::Float, Device::Cpu)) * 0.7).sin())
     }
 
     struct Prompts(Vec<Prompt>);
@@ -445,7 +414,7 @@ mod tests {
             (0..7)
                 .map(|i| Prompt {
                     // Lengths 1 to 3: the batches pad to different widths.
-                    ids: (0..1 + i % 3).map(|t| ((i + t) % 5) as i64).collect(),
+                    ids: (0..1 + i % 3).map(|t| ((i + t) % 4) as i64).collect(),
                     text: None,
                 })
                 .collect(),
@@ -466,7 +435,7 @@ mod tests {
     #[test]
     fn ranks_share_a_held_out_draw_into_the_single_process_one() {
         let task = task();
-        let prior = Bigram::new();
+        let prior = bigram();
         let ctx = |prior| EvalContext {
             task: &task,
             prior,
@@ -475,7 +444,7 @@ mod tests {
             codec: None,
             device: Device::Cpu,
         };
-        let alone = Bigram::new();
+        let alone = bigram();
         let want = HeldOut::draw(&ctx(&prior), &alone, &config(), 11).unwrap();
         assert_eq!(want.len(), 14);
         let got: Vec<(Option<HeldOut>, usize)> = std::thread::scope(|s| {
@@ -484,7 +453,7 @@ mod tests {
                 .map(|comm| {
                     let task = &task;
                     s.spawn(move || {
-                        let (prior, policy) = (Bigram::new(), Bigram::new());
+                        let (prior, policy) = (bigram(), bigram());
                         let ctx = EvalContext {
                             task,
                             prior: &prior,
@@ -494,17 +463,17 @@ mod tests {
                             device: Device::Cpu,
                         };
                         let h = HeldOut::draw_shared(&ctx, &policy, &config(), 11, &comm).unwrap();
-                        (h, policy.rows.load(Ordering::Relaxed))
+                        (h, policy.forwards())
                     })
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
-        let alone_rows = alone.rows.load(Ordering::Relaxed);
-        for (rank, (_, rows)) in got.iter().enumerate() {
+        let alone_forwards = alone.forwards();
+        for (rank, (_, forwards)) in got.iter().enumerate() {
             assert!(
-                *rows > 0 && *rows < alone_rows,
-                "rank {rank} ran {rows} rows, one process {alone_rows}"
+                *forwards > 0 && *forwards < alone_forwards,
+                "rank {rank} ran {forwards} forwards, one process {alone_forwards}"
             );
         }
         assert!(got[1].0.is_none() && got[2].0.is_none());

@@ -22,6 +22,8 @@ pub mod sample_cache;
 pub mod sampler;
 pub mod sampling;
 pub mod task;
+#[cfg(test)]
+mod test_policies;
 pub mod text;
 
 pub use device::DeviceChoice;

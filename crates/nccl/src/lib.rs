@@ -70,16 +70,6 @@ impl Nccl {
         self.inner.all_reduce_sum(t)
     }
 
-    /// As [`all_reduce_sum`](Self::all_reduce_sum), divided by the number of
-    /// ranks: the mean of the ranks' gradients.
-    pub fn all_reduce_mean(&self, t: &Tensor) -> anyhow::Result<()> {
-        self.all_reduce_sum(t)?;
-        if self.size > 1 {
-            let _ = t.shallow_clone().divide_scalar_(self.size as f64);
-        }
-        Ok(())
-    }
-
     /// Waits until every NCCL call made so far on this device has finished
     /// (an error inside one surfaces here at the latest).
     pub fn synchronize(&self) -> anyhow::Result<()> {

@@ -250,11 +250,15 @@ fn sum_scalars(
         .chain(mine.iter().map(|v| v * share))
         .collect();
     comm.sum_f64(&mut values);
-    // A largest value (`…_max…`) is the largest over the ranks, not a mean.
-    let every = comm.gather_f64(&mine, &vec![mine.len(); comm.size()]);
+    // A largest value (`…_max…`) is the largest over the ranks, not a mean
+    // (every rank has the same names: gathered only when there is one).
+    let is_max = |name: &str| name.split('_').any(|w| w == "max");
+    let every = match names.iter().any(|n| is_max(n)) {
+        true => comm.gather_f64(&mine, &vec![mine.len(); comm.size()]),
+        false => Vec::new(),
+    };
     for (i, (name, v)) in names.iter().zip(&values[1..]).enumerate() {
-        let is_max = name.split('_').any(|w| w == "max");
-        let value = match is_max {
+        let value = match is_max(name) {
             true => every
                 .iter()
                 .skip(i)

@@ -689,15 +689,8 @@ fn settings_errors_name_the_key_and_the_fix() {
 /// trainer's copy (left-padded batches with an attention mask).
 #[test]
 fn a_served_llama_is_recomputed_exactly() {
-    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/tiny-llama");
-    let load = || {
-        align_models::load(&path, align_models::DType::F32, tch::Device::Cpu)
-            .unwrap()
-            .policy
-    };
-    let server = StandIn::start(load(), Options::default());
-    let policy = load();
+    let server = StandIn::start(common::tiny_llama(), Options::default());
+    let policy = common::tiny_llama();
     let mut c = config(vec![server.url.clone()]);
     c.prompts_per_request = 2;
     // One recomputation pass: a batched matmul's rounding depends on the

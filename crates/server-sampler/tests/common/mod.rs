@@ -180,6 +180,32 @@ pub struct Options {
 
 pub type Loader = Box<dyn Fn(&std::path::Path) -> Box<dyn Policy> + Send>;
 
+/// The model at `path` (an HF directory or a GGUF file), f32 on the CPU:
+/// what the stand-in serves and the trainer's copy of it.
+pub fn load_model(path: &std::path::Path) -> Box<dyn Policy> {
+    align_models::load(path, align_models::DType::F32, Device::Cpu)
+        .unwrap_or_else(|e| panic!("cannot load {}: {e}", path.display()))
+        .policy
+}
+
+/// The tiny Llama of `tests/fixtures`.
+pub fn tiny_llama() -> Box<dyn Policy> {
+    load_model(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llama"),
+    )
+}
+
+impl Options {
+    /// A stand-in that loads each HF directory SGLang's reload names
+    /// ([`load_model`]) and serves it from then on.
+    pub fn reloading() -> Options {
+        Options {
+            load: Some(Box::new(load_model)),
+            ..Options::default()
+        }
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Options {
